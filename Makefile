@@ -1,0 +1,50 @@
+# posttrain-course: `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export POSTTRAIN_PROFILE ?= tiny
+DEMO_DIR := $(or $(POSTTRAIN_DEMO_DIR),/tmp/posttrain-demo)
+
+.PHONY: env demo test test-fast bench lint format release reproduce clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	.ci/install-torch $(BIN)/pip
+	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (posttrain)" >/dev/null
+	touch $(STAMP)
+
+# Runs the finished labs on the tiny profile, releases the student versions and autogrades a sample class.
+demo: $(STAMP)
+	$(BIN)/python -m autograder demo --work $(DEMO_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python -m autograder bench --out docs/bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check shared autograder tests
+
+format: $(STAMP)
+	$(BIN)/ruff format shared autograder tests
+	$(BIN)/ruff check --fix .
+
+release: $(STAMP)
+	$(BIN)/python -m autograder release all
+
+# Rebuilds the shipped tiny-world models from scratch (about 10 minutes on 2 cores) and reports their skills.
+reproduce: $(STAMP)
+	$(BIN)/python -m posttrain.world build
+	$(BIN)/python -m posttrain.world report
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

@@ -1,0 +1,86 @@
+"""``python -m autograder demo``: run the finished labs, release them and grade a sample class.
+
+The sample class has, for every lab, one correct submission (the solution), one blank (the released
+notebook as handed out) and one partly solved (the released notebook with only some answer cells filled).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import nbformat
+
+from autograder.course import Lab, all_labs, read_source
+from autograder.grade import find_submissions, format_table, grade_all, write_csv
+from autograder.release import release
+
+SOLUTION_MARKERS = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*\n", re.MULTILINE)
+# Answer cells filled in the partly solved sample submission, per lab (the rest stays blank).
+PARTIAL_ANSWERS = {"01_finetune_and_forget": ("task1_masked_loss", "task2_sft_example")}
+
+
+def execute_solution(lab: Lab, work: Path, parameters: dict | None = None) -> tuple[Path, float]:
+    """Execute ``lab``'s solution notebook with papermill in ``work`` (tiny profile unless set);
+    return the executed notebook's path and the wall-clock seconds it took."""
+    import papermill
+
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / f"{lab.name}.executed.ipynb"
+    os.environ.setdefault("POSTTRAIN_PROFILE", "tiny")
+    start = time.time()
+    papermill.execute_notebook(
+        str(lab.source), str(out), parameters=parameters or {}, cwd=str(work), kernel_name="python3", progress_bar=False
+    )
+    return out, time.time() - start
+
+
+def partly_solved(lab: Lab, answer_ids: tuple[str, ...]) -> nbformat.NotebookNode:
+    """The released notebook with the solution code pasted into the answer cells named by ``answer_ids``."""
+    solutions = {
+        cell.metadata["nbgrader"]["grade_id"]: SOLUTION_MARKERS.sub("", cell.source)
+        for cell in read_source(lab.source).cells
+        if cell.metadata.get("nbgrader", {}).get("solution")
+    }
+    student = nbformat.read(lab.release, as_version=4)
+    for cell in student.cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if grade_id in answer_ids:
+            cell.source = solutions[grade_id]
+    return student
+
+
+def make_sample_class(lab: Lab, folder: Path) -> Path:
+    """Write ``correct.ipynb``, ``blank.ipynb`` and ``partial.ipynb`` submissions of ``lab`` into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    nbformat.write(read_source(lab.source), folder / "correct.ipynb")
+    nbformat.write(nbformat.read(lab.release, as_version=4), folder / "blank.ipynb")
+    nbformat.write(partly_solved(lab, PARTIAL_ANSWERS.get(lab.name, ())), folder / "partial.ipynb")
+    return folder
+
+
+def run_demo(repo: Path, work: Path) -> int:
+    """Execute every lab's solution, release all labs, grade a sample class per lab; return an exit code."""
+    labs = all_labs(repo)
+    for lab in labs:
+        executed, seconds = execute_solution(lab, work / "executed")
+        results = work / "executed" / "results"
+        print(f"executed {lab.name} in {seconds:.0f} s -> {executed}")
+        for path in sorted(results.glob("*.json")):
+            summary = json.loads(path.read_text())
+            print(f"  {path.name}: accuracy before {summary.get('accuracy_before')}")
+            print(f"  {path.name}: accuracy after  {summary.get('accuracy_after')}")
+    for path in release(labs):
+        print(f"released {path.relative_to(repo)}")
+    exit_code = 0
+    for lab in labs:
+        folder = make_sample_class(lab, work / "class" / lab.name)
+        graded = grade_all(find_submissions(folder, lab))
+        print(f"\ngrades for {lab.name} (sample class in {folder}):")
+        print(format_table(graded))
+        write_csv(graded, work / f"grades_{lab.name}.csv")
+        exit_code |= any(result.status != "graded" for result in graded)
+    return int(exit_code)

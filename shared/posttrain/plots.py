@@ -1,0 +1,60 @@
+"""Figures and tables shared by the labs (matplotlib; every figure has a title and labelled axes)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+
+
+def skill_bars(before: dict[str, float], after: dict[str, float], title: str) -> plt.Figure:
+    """Grouped bars of accuracy per skill, before and after post-training."""
+    names = list(before)
+    xs = range(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(names)), 3.2))
+    ax.bar([x - 0.2 for x in xs], [before[n] for n in names], width=0.4, label="before")
+    ax.bar([x + 0.2 for x in xs], [after[n] for n in names], width=0.4, label="after")
+    ax.set_xticks(list(xs), names, rotation=30, ha="right")
+    ax.set_ylabel("accuracy (share of items)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    plt.show()
+    return fig
+
+
+def print_sample_wise_table(table: dict[str, dict[str, float]]) -> None:
+    """Print average accuracy next to sample-wise forgetting (F) and backward transfer (BT) per skill."""
+    header = (
+        f"{'skill':>12} {'acc before':>10} {'acc after':>9} {'Δ avg':>6} {'F':>5} {'BT':>5} {'F adj':>6} {'BT adj':>6}"
+    )
+    print(header)
+    for skill, row in table.items():
+        adjusted = [row.get("forgetting_adjusted"), row.get("backward_transfer_adjusted")]
+        adj = " ".join(f"{v:6.2f}" if v is not None else f"{'-':>6}" for v in adjusted)
+        delta = row["accuracy_after"] - row["accuracy_before"]
+        print(
+            f"{skill:>12} {row['accuracy_before']:10.2f} {row['accuracy_after']:9.2f} {delta:+6.2f} "
+            f"{row['forgetting']:5.2f} {row['backward_transfer']:5.2f} {adj}"
+        )
+
+
+def forgetting_curves(
+    curves: dict[float, dict[str, list[tuple[int, float]]]],
+    new_task: dict[float, list[tuple[int, float]]],
+    title: str,
+) -> plt.Figure:
+    """One panel per learning rate: forgetting F of each old skill and the new task's accuracy vs step."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), sharey=True, squeeze=False)
+    for ax, (lr, per_skill) in zip(axes[0], sorted(curves.items()), strict=True):
+        for skill, points in per_skill.items():
+            ax.plot(*zip(*points, strict=True), marker="o", ms=3, label=f"F {skill}")
+        ax.plot(*zip(*new_task[lr], strict=True), color="black", lw=2, ls="--", label="new task accuracy")
+        ax.set_title(f"lr = {lr:g}")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0][0].set_ylabel("share of items")
+    axes[0][-1].legend(fontsize=7, loc="center right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    plt.show()
+    return fig

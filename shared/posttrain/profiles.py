@@ -1,0 +1,82 @@
+"""Profiles: one code path, two sizes of world.
+
+``tiny`` runs the shipped tiny-world models on a laptop CPU in minutes (tests, CI, autograding);
+``colab`` runs real hub checkpoints on a T4-class GPU. The profile comes from ``POSTTRAIN_PROFILE``,
+else from whether CUDA is available.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+PROFILE_ENV = "POSTTRAIN_PROFILE"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a lab needs to know about where it runs.
+
+    ``chat_model``/``base_model`` are names or paths accepted by ``posttrain.models.load_model``;
+    ``needs_hub`` says whether they must be downloaded (and therefore need network access).
+    """
+
+    name: str
+    chat_model: str
+    base_model: str
+    cpt_model: str
+    needs_hub: bool
+    max_new_tokens: int
+
+
+PROFILES = {
+    "tiny": Profile("tiny", "tiny-chat", "tiny-base", "tiny-base-cpt", needs_hub=False, max_new_tokens=16),
+    "colab": Profile(
+        "colab",
+        "Qwen/Qwen2.5-0.5B-Instruct",
+        "Qwen/Qwen2.5-0.5B",
+        "Qwen/Qwen2.5-Math-1.5B",
+        needs_hub=True,
+        max_new_tokens=256,
+    ),
+}
+
+
+class ProfileError(ValueError):
+    """A profile was asked for that does not exist or cannot run here."""
+
+
+def resolve_profile(name: str | None = None) -> Profile:
+    """Return the profile named by ``name``, else ``$POSTTRAIN_PROFILE``, else colab on CUDA / tiny on CPU."""
+    chosen = name or os.environ.get(PROFILE_ENV) or ("colab" if torch.cuda.is_available() else "tiny")
+    chosen = chosen.strip().lower()
+    if chosen not in PROFILES:
+        raise ProfileError(
+            f"unknown profile {chosen!r}; choose one of {sorted(PROFILES)} "
+            f"(set {PROFILE_ENV}=tiny to run on a CPU with the shipped tiny models)"
+        )
+    return PROFILES[chosen]
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU (Apple MPS is skipped: several ops used by the labs lack kernels)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on GPUs that support it, float16 on older GPUs (T4), float32 on CPU."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so that a lab run is repeatable."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)

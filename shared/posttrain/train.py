@@ -1,0 +1,112 @@
+"""One small supervised fine-tuning loop, shared by every lab and by the world build.
+
+AdamW (Loshchilov & Hutter 2019, arXiv:1711.05101) with linear warm-up and cosine decay, gradient
+clipping and accumulation. Hooks make the lab variants one-liners: ``extra_loss`` adds a regulariser
+(L2-SP, EWC, KL), ``trainable`` picks the parameters to update (LoRA, last layers), ``batch_mixer``
+rewrites each batch (replay), ``on_step`` watches the run (forgetting curves).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import IGNORE_INDEX, Example, collate
+
+
+def masked_sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over the positions whose label is not ``IGNORE_INDEX``.
+
+    logits: (B, T, V) for inputs x_1..x_T; labels: (B, T). Position t predicts label t + 1, so the last
+    logit and the first label are dropped: L = -1/|M| sum_{t in M} log p(y_{t+1} | x_<=t).
+    """
+    shifted_logits = logits[:, :-1, :].reshape(-1, logits.size(-1)).float()
+    shifted_labels = labels[:, 1:].reshape(-1)
+    return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX)
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one run. ``steps`` counts optimizer updates, not micro-batches."""
+
+    steps: int = 200
+    lr: float = 1e-3
+    batch_size: int = 32
+    grad_accum: int = 1
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    progress: bool = True
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to ``config.lr`` then cosine decay to 10 % of it."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train(
+    model: torch.nn.Module,
+    examples: Sequence[Example],
+    config: TrainConfig,
+    pad_id: int,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = masked_sft_loss,
+    extra_loss: Callable[[torch.nn.Module], torch.Tensor] | None = None,
+    trainable: Callable[[str, torch.nn.Parameter], bool] | None = None,
+    batch_mixer: Callable[[list[Example], random.Random], list[Example]] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``model`` in place on ``examples``; return the loss of every optimizer step.
+
+    Batches are drawn by a seeded shuffler (epochs without replacement), so a run is repeatable on CPU.
+    ``trainable(name, param)`` selects the parameters to update (default: those with requires_grad).
+    """
+    if not examples:
+        raise ValueError("train() got no examples; build them with posttrain.data.chat_example")
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    params = [p for n, p in model.named_parameters() if p.requires_grad and (trainable is None or trainable(n, p))]
+    if not params:
+        raise ValueError("no trainable parameters: check the `trainable` filter and requires_grad flags")
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    device = next(model.parameters()).device
+    order: list[int] = []
+    losses = []
+    model.train()
+    for step in tqdm(range(config.steps), disable=not config.progress, desc="train", leave=False):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config)
+        step_loss = 0.0
+        for _ in range(config.grad_accum):
+            if len(order) < config.batch_size:
+                fresh = list(range(len(examples)))
+                rng.shuffle(fresh)
+                order += fresh
+            batch = [examples[i] for i in order[: config.batch_size]]
+            del order[: config.batch_size]
+            if batch_mixer is not None:
+                batch = batch_mixer(batch, rng)
+            tensors = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
+            logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
+            loss = loss_fn(logits, tensors["labels"])
+            if extra_loss is not None:
+                loss = loss + extra_loss(model)
+            (loss / config.grad_accum).backward()
+            step_loss += loss.item() / config.grad_accum
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(step_loss)
+        if on_step is not None:
+            on_step(step + 1, step_loss)
+    model.eval()
+    return losses

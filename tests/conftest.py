@@ -1,0 +1,53 @@
+"""Test setup: put ``shared/`` on the path (unless ``posttrain`` is installed) and build two small tokenizers.
+
+``world_tokenizer`` is the tiny world's word-level tokenizer (the one the shipped models use); ``chatml_tokenizer``
+is a byte-level BPE tokenizer with a simplified Qwen2 ChatML template, the style of the colab profile's models.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+if importlib.util.find_spec("posttrain") is None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture
+def world_tokenizer():
+    """A fresh tiny-world tokenizer (cheap to build, so tests may modify it)."""
+    from posttrain.world import World
+    from posttrain.world_build import make_tokenizer
+
+    return make_tokenizer(World())
+
+
+@pytest.fixture(scope="session")
+def chatml_tokenizer():
+    """A 300-token byte-level BPE tokenizer with Qwen2's special tokens and a ChatML chat template (no pad token)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(["user assistant hello ! hi there , how are you today ?"] * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>", "<|endoftext|>"]
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer

@@ -1,0 +1,86 @@
+"""Profile resolution, device/dtype defaults and seeding."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from posttrain.profiles import (
+    PROFILE_ENV,
+    PROFILES,
+    ProfileError,
+    default_device,
+    default_dtype,
+    resolve_profile,
+    seed_everything,
+)
+
+
+@pytest.fixture
+def no_env(monkeypatch):
+    monkeypatch.delenv(PROFILE_ENV, raising=False)
+
+
+def test_argument_wins_over_environment(monkeypatch):
+    monkeypatch.setenv(PROFILE_ENV, "colab")
+    assert resolve_profile("tiny") is PROFILES["tiny"]
+
+
+def test_environment_variable_is_used_and_normalised(monkeypatch):
+    monkeypatch.setenv(PROFILE_ENV, " Colab ")
+    assert resolve_profile() is PROFILES["colab"]
+    monkeypatch.setenv(PROFILE_ENV, "tiny")
+    assert resolve_profile().name == "tiny"
+
+
+@pytest.mark.parametrize(("cuda", "expected"), [(False, "tiny"), (True, "colab")])
+def test_default_follows_cuda_availability(no_env, monkeypatch, cuda, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert resolve_profile().name == expected
+
+
+@pytest.mark.parametrize("source", ["argument", "environment"])
+def test_unknown_profile_lists_the_valid_ones(monkeypatch, source):
+    monkeypatch.setenv(PROFILE_ENV, "gpu-cluster" if source == "environment" else "tiny")
+    with pytest.raises(ProfileError) as info:
+        resolve_profile("gpu-cluster" if source == "argument" else None)
+    message = str(info.value)
+    assert "'gpu-cluster'" in message
+    assert "['colab', 'tiny']" in message
+    assert f"{PROFILE_ENV}=tiny" in message
+    assert isinstance(info.value, ValueError)
+
+
+def test_profiles_say_whether_they_need_the_hub():
+    assert PROFILES["tiny"].needs_hub is False
+    assert PROFILES["colab"].needs_hub is True
+    assert PROFILES["colab"].chat_model == "Qwen/Qwen2.5-0.5B-Instruct"
+
+
+def test_default_device_is_cpu_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_device() == torch.device("cpu")
+
+
+def test_default_dtype():
+    assert default_dtype(torch.device("cpu")) is torch.float32
+
+
+@pytest.mark.parametrize(("bf16", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
+def test_default_dtype_on_cuda_depends_on_bf16_support(monkeypatch, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    assert default_dtype(torch.device("cuda")) is expected
+
+
+def test_seed_everything_makes_draws_repeatable():
+    seed_everything(123)
+    first = (torch.rand(5), random.random(), np.random.rand())
+    seed_everything(123)
+    second = (torch.rand(5), random.random(), np.random.rand())
+    assert torch.equal(first[0], second[0])
+    assert first[1:] == second[1:]
+    seed_everything(124)
+    assert not torch.equal(torch.rand(5), first[0])
