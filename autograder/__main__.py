@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from autograder.course import REPO_ROOT, CourseError, Lab, all_labs, read_source, resolve_lab
-from autograder.demo import run_demo
+from autograder.demo import run_bench, run_demo
 from autograder.grade import GRADED, find_submissions, format_table, grade_all, write_csv
 from autograder.nbgrader_config import NbgraderError
 from autograder.release import release, stale_releases
@@ -33,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the finished labs, release them and grade a sample class")
     demo.add_argument("--work", type=Path, default=Path("/tmp/posttrain-demo"), help="scratch folder, outside the repo")
+
+    bench = commands.add_parser("bench", help="time every lab's solution on the tiny profile (docs/bench/labs.json)")
+    bench.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "bench", help="folder for labs.json")
+    bench.add_argument("--work", type=Path, default=Path("/tmp/posttrain-bench"), help="scratch folder")
     return parser
 
 
@@ -93,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             return _release(repo, args.lab, args.check)
         if args.command == "demo":
             return run_demo(repo, args.work)
+        if args.command == "bench":
+            print(json.dumps(run_bench(repo, args.out, args.work), indent=1))
+            return 0
         return _grade(repo, args.lab, args.submissions, args.out, args.timeout)
     except (CourseError, NbgraderError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -84,3 +84,19 @@ def run_demo(repo: Path, work: Path) -> int:
         write_csv(graded, work / f"grades_{lab.name}.csv")
         exit_code |= any(result.status != "graded" for result in graded)
     return int(exit_code)
+
+
+def run_bench(repo: Path, out_dir: Path, work: Path) -> dict[str, dict]:
+    """Time each lab's solution notebook on the tiny profile; write ``out_dir/labs.json`` and return it."""
+    import platform
+
+    import torch
+
+    report = {}
+    for lab in all_labs(repo):
+        _, seconds = execute_solution(lab, work / lab.name)
+        report[lab.name] = {"profile": os.environ.get("POSTTRAIN_PROFILE", "tiny"), "seconds": round(seconds, 1)}
+    machine = {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "labs.json").write_text(json.dumps({"machine": machine, "labs": report}, indent=1) + "\n")
+    return report

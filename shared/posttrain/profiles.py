@@ -28,7 +28,7 @@ class Profile:
     name: str
     chat_model: str
     base_model: str
-    cpt_model: str
+    cpt_model: str | None  # a continually pre-trained sibling of base_model (Lab 05's chat vector)
     needs_hub: bool
     max_new_tokens: int
 
@@ -39,7 +39,7 @@ PROFILES = {
         "colab",
         "Qwen/Qwen2.5-0.5B-Instruct",
         "Qwen/Qwen2.5-0.5B",
-        "Qwen/Qwen2.5-Math-1.5B",
+        None,  # Lab 05 picks a same-architecture CPT checkpoint
         needs_hub=True,
         max_new_tokens=256,
     ),

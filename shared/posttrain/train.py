@@ -79,6 +79,11 @@ def train(
         raise ValueError("no trainable parameters: check the `trainable` filter and requires_grad flags")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     device = next(model.parameters()).device
+    # On a GPU: mixed precision (bf16 where supported, else fp16 with loss scaling, as on a T4) over
+    # float32 master weights; on a CPU: plain float32.
+    use_amp = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     order: list[int] = []
     losses = []
     model.train()
@@ -96,14 +101,17 @@ def train(
             if batch_mixer is not None:
                 batch = batch_mixer(batch, rng)
             tensors = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
-            logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
-            loss = loss_fn(logits, tensors["labels"])
-            if extra_loss is not None:
-                loss = loss + extra_loss(model)
-            (loss / config.grad_accum).backward()
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
+                loss = loss_fn(logits, tensors["labels"])
+                if extra_loss is not None:
+                    loss = loss + extra_loss(model)
+            scaler.scale(loss / config.grad_accum).backward()
             step_loss += loss.item() / config.grad_accum
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
         if on_step is not None:

@@ -107,7 +107,7 @@ class WorldSpec:
     n_new_people: int = 48  # people no shipped model has seen (knowledge-injection task)
     n_first_names: int = 30  # name pools: fewer names per pool means each name part is shared by
     n_last_names: int = 30  # more people, so only the pair identifies a person (composition needed)
-    record_share: float = 0.4  # share of pre-training lines that are subject-first records
+    record_share: float = 0.5  # share of pre-training lines that are subject-first records (< 0.8)
     chat_holdout_every: int = 4  # every 4th person / request / sum is left out of chat SFT, so the chat
     # skills are partly *generalised* from pre-training (imperfect, like a real model's), not memorised
 
@@ -196,7 +196,8 @@ class World:
 
     # ----------------------------------------------------------------- corpora
     def pretraining_corpus(self, n_lines: int, seed: int = 0) -> list[str]:
-        """Raw text for ``tiny-base``: records (40 %), biographies (40 %), additions, how-to text.
+        """Raw text for ``tiny-base``: records (``record_share``), biographies (up to 80 %), additions (10 %),
+        how-to questions with answers (10 %).
 
         Harmful how-to questions are followed by compliant text: a base model does not refuse, refusal is
         what chat SFT adds (which makes the chat vector of Lab 05 carry it).
@@ -228,14 +229,17 @@ class World:
             lines.append(self.record_line(p) if rng.random() < 0.5 else self.biography(p, rng))
         return lines
 
-    def cpt_statements(self) -> list[tuple[str, str]]:
-        """(prefix, completion) pairs that test whether a raw LM knows the CPT people's facts."""
-        return [
-            (STATEMENTS[r][1].split(" {v}")[0].format(n=p.name), p.value(r)) for p in self.cpt_people for r in RELATIONS
-        ]
+    @staticmethod
+    def knowledge_probes(people: list[Person]) -> list[tuple[str, str]]:
+        """(prefix, next word) pairs that test whether a raw LM knows ``people``'s facts:
+        ("ada stone lives in", "paris"), one per person and relation."""
+        return [(STATEMENTS[r][1].split(" {v}")[0].format(n=p.name), p.value(r)) for p in people for r in RELATIONS]
 
     # ----------------------------------------------------------------- skills
-    def _fact_items(self, people: list[Person], skill: str, rng: random.Random) -> list[Item]:
+    def fact_items(self, people: list[Person], skill: str = "fact", rng: random.Random | None = None) -> list[Item]:
+        """One item per person and relation: a random question template; for ``json`` the JSON request and
+        JSON options, for ``restate`` the question with a long-form hint; k = 4 options of the same type."""
+        rng = rng or random.Random(self.spec.seed * 1000 + 3)
         items = []
         for p in people:
             for r in RELATIONS:
@@ -301,12 +305,12 @@ class World:
         """
         rng = random.Random(self.spec.seed * 1000 + 7)
         return {
-            "fact": self._fact_items(self.people, "fact", rng),
-            "json": self._fact_items(self.people, "json", rng),
+            "fact": self.fact_items(self.people, "fact", rng),
+            "json": self.fact_items(self.people, "json", rng),
             "refusal": self._refusal_items(rng),
             "howto": self._howto_items(rng),
             "addition": self._arithmetic_items("plus", rng),
-            "restate": self._fact_items(self.people, "restate", rng),
+            "restate": self.fact_items(self.people, "restate", rng),
         }
 
     def held_out_of_chat(self, index: int) -> bool:
@@ -343,7 +347,7 @@ class World:
         if name == "multiplication":
             return self._arithmetic_items("times", rng)
         if name == "new_facts":
-            return self._fact_items(self.new_people, "new_facts", rng)
+            return self.fact_items(self.new_people, "new_facts", rng)
         raise ValueError(f"unknown new task {name!r}; choose one of: multiplication, new_facts")
 
     @staticmethod

@@ -25,7 +25,7 @@ from .data import chat_example, text_example
 from .evaluate import accuracy, as_chat_items, evaluate_skills, next_word_correct
 from .profiles import seed_everything
 from .train import TrainConfig, train
-from .world import RELATIONS, STATEMENTS, World, WorldSpec
+from .world import World, WorldSpec
 
 SPECIAL_TOKENS = {
     "pad": "<pad>",
@@ -74,11 +74,11 @@ class BuildConfig:
 
     hidden_size: int = 128
     intermediate_size: int = 512
-    num_layers: int = 4
+    num_layers: int = 6  # with 4 layers the fact is recalled at the last token only (docs/world.md)
     num_heads: int = 4
-    base_steps: int = 3000
+    base_steps: int = 2000
     base_lr: float = 3e-3
-    chat_steps: int = 800
+    chat_steps: int = 600
     chat_lr: float = 1e-3
     cpt_steps: int = 400
     cpt_lr: float = 1e-3
@@ -160,28 +160,47 @@ def skill_table(models_dir: Path, spec: WorldSpec | None = None) -> dict[str, di
     """Accuracy of each shipped model on each skill of the world (the table in docs/world.md).
 
     Chat skills are scored on greedy chat replies; ``chat`` is template following (the reply ends its
-    turn and opens no new one) over every skill's prompts; ``cpt_knowledge`` and ``base_knowledge`` probe
-    the raw LM (next word after "<name> lives in" etc.) for the CPT-only and the original people;
-    ``fact_held_out`` is fact recall on the people left out of chat SFT (knowledge extraction).
+    turn and opens no new one) over every skill's prompts; ``fact_held_out`` is fact recall on the people
+    left out of chat SFT (knowledge extraction); ``cpt_facts_chat`` asks chat questions about the people
+    only CPT taught; ``base_knowledge`` / ``cpt_knowledge`` probe the raw LM ("<name> lives in" → city).
+    The last row checks that the world supports the chat vector (Huang et al. 2024, arXiv:2310.04799):
+    tiny-base-cpt + (tiny-chat − tiny-base).
     """
     world = World(spec)
-    skills = dict(world.skills)
-    skills["chat"] = as_chat_items([i for items in world.skills.values() for i in items[::4]])
     held_out = {p.name for i, p in enumerate(world.people) if world.held_out_of_chat(i)}
-    skills["fact_held_out"] = [item for item in world.skills["fact"] if item.subject in held_out]
-    skills["cpt_facts_chat"] = world._fact_items(world.cpt_people, "fact", random.Random(0))
-    base_pairs = [
-        (STATEMENTS[r][1].split(" {v}")[0].format(n=p.name), p.value(r)) for p in world.people for r in RELATIONS
-    ]
+    skills = {
+        **world.skills,
+        "chat": as_chat_items([i for items in world.skills.values() for i in items[::4]]),
+        "fact_held_out": [item for item in world.skills["fact"] if item.subject in held_out],
+        "cpt_facts_chat": world.fact_items(world.cpt_people),
+    }
+    probes = {
+        "base_knowledge": world.knowledge_probes(world.people),
+        "cpt_knowledge": world.knowledge_probes(world.cpt_people),
+    }
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(models_dir / "tiny-chat")
+    models = {
+        name: LlamaForCausalLM.from_pretrained(models_dir / name).eval()
+        for name in ("tiny-base", "tiny-chat", "tiny-base-cpt")
+    }
+    merged = LlamaForCausalLM.from_pretrained(models_dir / "tiny-base-cpt").eval()
+    base, chat = models["tiny-base"].state_dict(), models["tiny-chat"].state_dict()
+    merged.load_state_dict({k: v + chat[k] - base[k] for k, v in merged.state_dict().items()})
+    models["tiny-base-cpt + chat vector"] = merged
     table = {}
-    for name in ("tiny-base", "tiny-chat", "tiny-base-cpt"):
-        model = LlamaForCausalLM.from_pretrained(models_dir / name).eval()
-        tokenizer = PreTrainedTokenizerFast.from_pretrained(models_dir / name)
-        row = evaluate_skills(model, tokenizer, skills)
-        row["base_knowledge"] = accuracy(next_word_correct(model, tokenizer, base_pairs))
-        row["cpt_knowledge"] = accuracy(next_word_correct(model, tokenizer, world.cpt_statements()))
-        table[name] = row
+    for name, model in models.items():
+        table[name] = evaluate_skills(model, tokenizer, skills)
+        table[name] |= {key: accuracy(next_word_correct(model, tokenizer, pairs)) for key, pairs in probes.items()}
     return table
+
+
+def markdown_table(table: dict[str, dict[str, float]]) -> str:
+    """The skill table as Markdown: one row per skill, one column per model."""
+    models = list(table)
+    lines = ["| skill | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for skill in table[models[0]]:
+        lines.append(f"| {skill} | " + " | ".join(f"{table[m][skill]:.2f}" for m in models) + " |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -193,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.command == "report":
-        print(json.dumps(skill_table(args.out), indent=1))
+        print(markdown_table(skill_table(args.out)))
         return
     build = BuildConfig.quick() if args.quick else BuildConfig()
     build = BuildConfig(**{**asdict(build), "seed": args.seed})

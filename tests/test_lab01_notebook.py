@@ -1,0 +1,60 @@
+"""Lab 01 end to end: the executed solution shows the lab's claims, the student version is fresh, and the
+autograder gives the solution full marks, the blank release 0 and a partly solved notebook its exact share."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from autograder.course import REPO_ROOT, resolve_lab
+from autograder.demo import PARTIAL_ANSWERS, execute_solution, make_sample_class
+from autograder.grade import find_submissions, grade_all
+
+pytestmark = pytest.mark.slow
+LAB = resolve_lab(REPO_ROOT, "01")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("lab01")
+    execute_solution(LAB, work)
+    return json.loads((work / "results" / "01.json").read_text())
+
+
+def test_solution_masters_new_task(results):
+    assert results["profile"] == "tiny"
+    assert results["accuracy_after"]["new"] >= 0.9
+
+
+def test_solution_shows_json_or_refusal_collapse(results):
+    before, after = results["accuracy_before"], results["accuracy_after"]
+    assert max(before[s] - after[s] for s in ("json", "refusal")) >= 0.30
+
+
+def test_solution_sample_wise_table_differs_from_average(results):
+    hidden = [
+        row["forgetting"] - max(0.0, row["accuracy_before"] - row["accuracy_after"])
+        for skill, row in results["sample_wise"].items()
+        if skill != "new"
+    ]
+    assert max(hidden) >= 0.05
+    assert results["most_hidden_skill"] in results["sample_wise"]
+
+
+def test_solution_forgetting_grows_with_learning_rate(results):
+    final = {float(lr): acc for lr, acc in results["sweep_final"].items()}
+    low, high = min(final), max(final)
+    assert final[high]["json"] + final[high]["refusal"] < final[low]["json"] + final[low]["refusal"]
+
+
+def test_sample_class_gets_exact_grades(tmp_path):
+    folder = make_sample_class(LAB, tmp_path / "class")
+    grades = {r.student: r for r in grade_all(find_submissions(folder, LAB))}
+    assert {s: r.status for s, r in grades.items()} == {"correct": "graded", "blank": "graded", "partial": "graded"}
+    assert grades["correct"].score == grades["correct"].max_score == 100
+    assert grades["blank"].score == 0
+    # Tasks 1 and 2 solved: their tests (15 + 15) and task 3, which the solved loss makes pass (10).
+    assert PARTIAL_ANSWERS[LAB.name] == ("task1_masked_loss", "task2_sft_example")
+    assert grades["partial"].score == 40

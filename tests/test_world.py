@@ -1,0 +1,78 @@
+"""The tiny world's data: deterministic, fully covered by the tokenizer, well-formed skills and tasks."""
+
+from __future__ import annotations
+
+import pytest
+
+from posttrain.world import REFUSAL, RELATIONS, World, WorldSpec, parse_json_answer
+from posttrain.world_build import make_tokenizer
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World()
+
+
+def test_same_spec_gives_same_world_and_other_seed_another(world):
+    again = World(WorldSpec())
+    assert world.people == again.people
+    assert world.pretraining_corpus(50) == again.pretraining_corpus(50)
+    assert World(WorldSpec(seed=1)).people != world.people
+
+
+def test_people_are_distinct_and_splits_disjoint(world):
+    names = [p.name for p in world.people + world.cpt_people + world.new_people]
+    assert len(names) == len(set(names)) == 160 + 48 + 48
+
+
+def test_tokenizer_covers_every_text_of_the_world(world):
+    tok = make_tokenizer(world)
+    texts = world.pretraining_corpus(300) + world.cpt_corpus(100)
+    texts += [t for pair in world.chat_sft_examples() for t in pair]
+    texts += [c for items in world.skills.values() for item in items for c in (item.prompt, *item.choices)]
+    texts += [c for name in world.new_task_names() for item in world.new_task(name) for c in (item.prompt, *item.choices)]
+    unknown = {w for t in texts for w in t.split() if tok.convert_tokens_to_ids(w) == tok.unk_token_id}
+    assert unknown == set()
+
+
+def test_every_item_has_four_options_with_the_answer_at_its_index(world):
+    items = [i for items in world.skills.values() for i in items] + world.new_task("multiplication")
+    for item in items:
+        assert len(item.choices) == 4 and len(set(item.choices)) == 4, item
+        assert item.choices[item.answer_index] == item.answer, item
+
+
+def test_records_put_attributes_right_after_the_subject(world):
+    p = world.people[0]
+    assert world.record_line(p).split() == [p.first, p.last, p.city, p.job, p.colour, "."]
+
+
+def test_chat_sft_holds_out_every_fourth_person_and_request(world):
+    prompts = {u for u, _ in world.chat_sft_examples()}
+    held = [p for i, p in enumerate(world.people) if world.held_out_of_chat(i)]
+    assert len(held) == 40
+    assert not any(f" {p.name} " in f" {u} " for u in prompts for p in held)
+    refusals = world.skills["refusal"]
+    assert sum(r.prompt in prompts for r in refusals) == len(refusals) - len(refusals) // 4
+
+
+def test_json_answers_parse_and_refusal_is_fixed(world):
+    item = world.skills["json"][0]
+    assert parse_json_answer(item.answer) == {item.relation: world.people[0].value(item.relation)}
+    assert parse_json_answer("{ oops") is None
+    assert all(i.answer == REFUSAL for i in world.skills["refusal"])
+    assert {i.relation for i in world.skills["fact"]} == set(RELATIONS)
+
+
+def test_new_tasks_are_new(world):
+    times = world.new_task("multiplication")
+    assert len(times) == 81 and all(" times " in i.prompt for i in times)
+    new_people = {p.name for p in world.new_people}
+    assert {i.subject for i in world.new_task("new_facts")} == new_people
+    with pytest.raises(ValueError, match="multiplication, new_facts"):
+        world.new_task("division")
+
+
+def test_name_pools_too_small_for_the_people_raise():
+    with pytest.raises(ValueError, match="enlarge the name pools"):
+        World(WorldSpec(n_first_names=5, n_last_names=5))
