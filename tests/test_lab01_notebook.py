@@ -4,7 +4,6 @@ autograder gives the solution full marks, the blank release 0 and a partly solve
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -4,10 +4,10 @@ test command, every solution notebook carries nbgrader metadata and a papermill 
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 
 import nbformat
+import tomllib
 
 from autograder.__main__ import main
 

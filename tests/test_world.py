@@ -30,7 +30,9 @@ def test_tokenizer_covers_every_text_of_the_world(world):
     texts = world.pretraining_corpus(300) + world.cpt_corpus(100)
     texts += [t for pair in world.chat_sft_examples() for t in pair]
     texts += [c for items in world.skills.values() for item in items for c in (item.prompt, *item.choices)]
-    texts += [c for name in world.new_task_names() for item in world.new_task(name) for c in (item.prompt, *item.choices)]
+    texts += [
+        c for name in world.new_task_names() for item in world.new_task(name) for c in (item.prompt, *item.choices)
+    ]
     unknown = {w for t in texts for w in t.split() if tok.convert_tokens_to_ids(w) == tok.unk_token_id}
     assert unknown == set()
 

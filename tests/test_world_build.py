@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from posttrain.editing import average_trace
 from posttrain.models import load_model
-from posttrain.world import WorldSpec
+from posttrain.world import World, WorldSpec
 from posttrain.world_build import SHIPPED_DIR, BuildConfig, build_world_models, skill_table
 
 
@@ -51,3 +52,17 @@ def test_build_pipeline_saves_loadable_deterministic_models(tmp_path):
             torch.testing.assert_close(a, b, msg=f"{name}.{key} differs between two builds with one seed")
         assert tokenizer.chat_template and tokenizer.eos_token == "<eos>"
         assert model_a.config.num_hidden_layers == 2 and model_a.config.vocab_size == len(tokenizer)
+
+
+def test_tiny_base_recalls_jobs_at_the_subject_then_the_last_token():
+    """Causal tracing (arXiv:2202.05262) finds the textbook picture for the job relation: restoring the
+    subject's last token in the first layers brings the fact back, and the last token takes over later."""
+    model, tokenizer = load_model("tiny-base", device="cpu")
+    world = World()
+    prompts = [(f"{p.name} works as a", p.job, p.name) for p in world.people[:40]]
+    effects, used = average_trace(model, tokenizer, prompts)
+    subject_last, last = 2, effects.shape[1] - 1  # <bos> first last works as a
+    assert used >= 20
+    assert effects[0, subject_last] >= 0.5
+    assert effects[0, subject_last] > effects[0, last]
+    assert effects[-1, last] >= 0.9 and effects[-1, subject_last] <= 0.05

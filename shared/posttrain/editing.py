@@ -40,7 +40,12 @@ def _answer_prob(model, input_ids: torch.Tensor, answer_id: int) -> float:
 
 @torch.no_grad()
 def causal_trace(
-    model, input_ids: torch.Tensor, subject_positions: list[int], answer_id: int, noise_scale: float = 3.0, seed: int = 0
+    model,
+    input_ids: torch.Tensor,
+    subject_positions: list[int],
+    answer_id: int,
+    noise_scale: float = 3.0,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, float, float]:
     """Indirect effect of restoring each residual-stream state, for one prompt.
 
@@ -55,7 +60,10 @@ def causal_trace(
     # hidden_states[l + 1] is layer l's output, except the last, which has the final norm applied: record
     # the raw outputs with hooks instead.
     outputs: list[torch.Tensor] = []
-    handles = [layer.register_forward_hook(lambda _m, _i, out: outputs.append(out[0] if isinstance(out, tuple) else out)) for layer in layers]
+    handles = [
+        layer.register_forward_hook(lambda _m, _i, out: outputs.append(out[0] if isinstance(out, tuple) else out))
+        for layer in layers
+    ]
     model(input_ids=input_ids)
     for handle in handles:
         handle.remove()

@@ -78,9 +78,9 @@ class BuildConfig:
     num_heads: int = 4
     base_steps: int = 2000
     base_lr: float = 3e-3
-    chat_steps: int = 600
+    chat_steps: int = 500
     chat_lr: float = 1e-3
-    cpt_steps: int = 400
+    cpt_steps: int = 300
     cpt_lr: float = 1e-3
     batch_size: int = 64
     seed: int = 0
@@ -151,7 +151,8 @@ def build_world_models(out_dir: Path, build: BuildConfig, spec: WorldSpec | None
 def _save(model, tokenizer, path: Path, world: World, build: BuildConfig) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(path)
+    # Stored in float16 (half the repo size; the skill table is unchanged), trained and loaded in float32.
+    model.save_pretrained(path, state_dict={k: v.to(torch.float16) for k, v in model.state_dict().items()})
     tokenizer.save_pretrained(path)
     (path / "world.json").write_text(json.dumps({"spec": asdict(world.spec), "build": asdict(build)}, indent=1))
 
