@@ -82,9 +82,9 @@ def causal_trace(
         for layer_index, layer in enumerate(layers):
             for position in range(input_ids.shape[1]):
 
-                def restore(hidden: torch.Tensor, l=layer_index, i=position) -> torch.Tensor:
+                def restore(hidden: torch.Tensor, layer_at=layer_index, i=position) -> torch.Tensor:
                     hidden = hidden.clone()
-                    hidden[0, i] = outputs[l][0, i]
+                    hidden[0, i] = outputs[layer_at][0, i]
                     return hidden
 
                 with hooked(layer, restore):
