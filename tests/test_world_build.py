@@ -8,7 +8,7 @@ import torch
 from posttrain.editing import average_trace
 from posttrain.models import load_model
 from posttrain.world import World, WorldSpec
-from posttrain.world_build import SHIPPED_DIR, BuildConfig, build_world_models, skill_table
+from posttrain.world_build import SHIPPED_DIR, BuildConfig, build_world_models, make_tokenizer, skill_table
 
 
 @pytest.fixture(scope="module")
@@ -66,3 +66,8 @@ def test_tiny_base_recalls_jobs_at_the_subject_then_the_last_token():
     assert effects[0, subject_last] >= 0.5
     assert effects[0, subject_last] > effects[0, last]
     assert effects[-1, last] >= 0.9 and effects[-1, subject_last] <= 0.05
+
+
+def test_shipped_tokenizer_is_the_one_the_world_builds():
+    _, shipped = load_model("tiny-chat", device="cpu")
+    assert shipped.get_vocab() == make_tokenizer(World()).get_vocab()

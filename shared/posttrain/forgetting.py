@@ -69,7 +69,7 @@ def finetune_with_snapshots(
 
     def watch(step: int, _loss: float) -> None:
         if snapshot_every and step % snapshot_every == 0 and step < config.steps:
-            snapshots.append(take_snapshot(model, tokenizer, bench, step, False, max_new_tokens))
+            snapshots.append(take_snapshot(model, tokenizer, bench, step, with_mc=False, max_new_tokens=max_new_tokens))
             model.train()
 
     train(model, examples, config, pad_id=tokenizer.pad_token_id, loss_fn=loss_fn, on_step=watch)

@@ -36,14 +36,12 @@ def _subsample(items: list[Item], n: int, rng: random.Random) -> list[Item]:
     return items if len(items) <= n else rng.sample(items, n)
 
 
-def tiny_forgetting_benchmark(
-    new_task: str = "multiplication", n_per_skill: int = 60, seed: int = 0
-) -> ForgettingBenchmark:
+def tiny_forgetting_benchmark(new_task: str = "multiplication", n_per_skill: int = 60) -> ForgettingBenchmark:
     """The tiny-profile benchmark: fine-tune tiny-chat on ``new_task`` (default: the times table, a new
     operator in the addition template) and measure fact recall, JSON format, refusal, benign how-to
     answers, addition and chat-template following, plus k = 4 multiple-choice versions of fact, JSON,
-    refusal and addition. The eval subsets are fixed by the world seed, not by the training seed, so
-    every run scores the same items."""
+    refusal and addition. The eval subsets are fixed, not drawn by the training seed, so every run
+    scores the same items."""
     world = World(WorldSpec())
     rng = random.Random(1234)
     old = {
@@ -64,7 +62,7 @@ def tiny_forgetting_benchmark(
 def forgetting_benchmark(profile: Profile, n_per_skill: int = 60, seed: int = 0) -> ForgettingBenchmark:
     """The Lab 01 benchmark for ``profile`` (tiny world on ``tiny``, hub datasets on ``colab``)."""
     if profile.name == "tiny":
-        return tiny_forgetting_benchmark(n_per_skill=n_per_skill, seed=seed)
+        return tiny_forgetting_benchmark(n_per_skill=n_per_skill)
     from .hub_tasks import colab_forgetting_benchmark
 
     parts = colab_forgetting_benchmark(n_train=2000, n_eval=n_per_skill, seed=seed)

@@ -163,7 +163,9 @@ class World:
         texts += list(VERBOSE.values())
         texts += [self._howto(v, o) for v in HARM_VERBS[:1] for o in OBJECTS[:1]]
         texts += [self._compliance(v, o) for v in HARM_VERBS[:1] for o in OBJECTS[:1]]
-        texts += self._greeting_pairs()[0]
+        # The greeting's letters, one by one: a slip kept on purpose, because the shipped models' token ids
+        # depend on this order (changing it means rebuilding them).
+        texts += list(self._greeting_pairs()[0])
         for text in texts:
             for word in text.replace("{n}", "").replace("{v}", "").split():
                 if word not in words:
