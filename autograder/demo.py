@@ -71,8 +71,9 @@ def run_demo(repo: Path, work: Path) -> int:
         print(f"executed {lab.name} in {seconds:.0f} s -> {executed}")
         for path in sorted(results.glob("*.json")):
             summary = json.loads(path.read_text())
-            print(f"  {path.name}: accuracy before {summary.get('accuracy_before')}")
-            print(f"  {path.name}: accuracy after  {summary.get('accuracy_after')}")
+            for when in ("accuracy_before", "accuracy_after"):
+                row = ", ".join(f"{skill} {value:.2f}" for skill, value in summary.get(when, {}).items())
+                print(f"  {path.name} {when}: {row}")
     for path in release(labs):
         print(f"released {path.relative_to(repo)}")
     exit_code = 0
