@@ -51,3 +51,26 @@ def chatml_tokenizer():
     )
     tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
+
+
+HUB_FIXTURES = Path(__file__).parent / "fixtures" / "hub"
+HUB_FILES = {
+    ("openai/gsm8k", "main", "train"): "gsm8k_main_train.jsonl",
+    ("openai/gsm8k", "main", "test"): "gsm8k_main_test.jsonl",
+    ("walledai/AdvBench", None, "train"): "advbench_train.jsonl",
+    ("cais/mmlu", "all", "test"): "mmlu_all_test.jsonl",
+}
+
+
+@pytest.fixture(scope="session")
+def hub_loader(tmp_path_factory):
+    """A stand-in for ``datasets.load_dataset`` that serves the hub fixtures (real schemas) as local JSON files."""
+    import datasets
+
+    cache = str(tmp_path_factory.mktemp("hf_cache"))
+
+    def load(path, name=None, split=None):
+        data_file = str(HUB_FIXTURES / HUB_FILES[(path, name, split)])
+        return datasets.load_dataset("json", data_files=data_file, split="train", cache_dir=cache)
+
+    return load

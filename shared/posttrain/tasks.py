@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass
 
 from .evaluate import as_chat_items
+from .hub_tasks import Loader, colab_forgetting_benchmark
 from .profiles import Profile
 from .world import Item, World, WorldSpec
 
@@ -59,13 +60,15 @@ def tiny_forgetting_benchmark(new_task: str = "multiplication", n_per_skill: int
     )
 
 
-def forgetting_benchmark(profile: Profile, n_per_skill: int = 60, seed: int = 0) -> ForgettingBenchmark:
-    """The Lab 01 benchmark for ``profile`` (tiny world on ``tiny``, hub datasets on ``colab``)."""
+def forgetting_benchmark(
+    profile: Profile, n_per_skill: int = 60, seed: int = 0, n_train: int = 2000, loader: Loader | None = None
+) -> ForgettingBenchmark:
+    """The Lab 01 benchmark for ``profile``: the tiny world on ``tiny``; on ``colab`` ``n_train`` GSM8K
+    training pairs and hub evaluation sets drawn with ``seed`` (``loader`` replaces ``datasets.load_dataset``,
+    which is how the tests serve local fixtures)."""
     if profile.name == "tiny":
         return tiny_forgetting_benchmark(n_per_skill=n_per_skill)
-    from .hub_tasks import colab_forgetting_benchmark
-
-    parts = colab_forgetting_benchmark(n_train=2000, n_eval=n_per_skill, seed=seed)
+    parts = colab_forgetting_benchmark(n_train=n_train, n_eval=n_per_skill, seed=seed, loader=loader)
     old = dict(parts["old_skills"])
     old["chat"] = as_chat_items([i for items in old.values() for i in items[::3]])
     return ForgettingBenchmark(parts["new_task_train"], parts["new_task_eval"], old, parts["multiple_choice"])
