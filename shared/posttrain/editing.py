@@ -55,18 +55,18 @@ def causal_trace(
     """
     layers = model.model.layers
     embed = model.model.embed_tokens
-    clean = model(input_ids=input_ids, output_hidden_states=True)
-    p_clean = float(clean.logits[0, -1].float().softmax(-1)[answer_id])
-    # hidden_states[l + 1] is layer l's output, except the last, which has the final norm applied: record
-    # the raw outputs with hooks instead.
+    # Record each layer's raw output with hooks during the clean run (output_hidden_states would give the
+    # last layer's output after the final norm).
     outputs: list[torch.Tensor] = []
     handles = [
         layer.register_forward_hook(lambda _m, _i, out: outputs.append(out[0] if isinstance(out, tuple) else out))
         for layer in layers
     ]
-    model(input_ids=input_ids)
-    for handle in handles:
-        handle.remove()
+    try:
+        p_clean = _answer_prob(model, input_ids, answer_id)
+    finally:
+        for handle in handles:
+            handle.remove()
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((len(subject_positions), embed.weight.shape[1]), generator=generator)
     noise = (noise * noise_scale * embed.weight.float().std()).to(embed.weight)

@@ -14,7 +14,7 @@ import argparse
 import json
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -118,7 +118,6 @@ def _stage(model, examples, steps: int, lr: float, build: BuildConfig, pad_id: i
 
 def build_world_models(out_dir: Path, build: BuildConfig, spec: WorldSpec | None = None) -> dict[str, float]:
     """Train and save ``tiny-base``, ``tiny-chat`` and ``tiny-base-cpt`` under ``out_dir``; return stage times."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     world = World(spec)
     tokenizer = make_tokenizer(world)
     seed_everything(build.seed)
@@ -215,7 +214,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "report":
         print(markdown_table(skill_table(args.out)))
         return
-    build = BuildConfig.quick() if args.quick else BuildConfig()
-    build = BuildConfig(**{**asdict(build), "seed": args.seed})
+    build = replace(BuildConfig.quick() if args.quick else BuildConfig(), seed=args.seed)
     times = build_world_models(args.out, build)
     print(json.dumps(times))
