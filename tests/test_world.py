@@ -71,7 +71,11 @@ def test_new_tasks_are_new(world):
     assert len(times) == 81 and all(" times " in i.prompt for i in times)
     new_people = {p.name for p in world.new_people}
     assert {i.subject for i in world.new_task("new_facts")} == new_people
-    with pytest.raises(ValueError, match="multiplication, new_facts"):
+    verbose = world.new_task("verbose_facts")
+    assert [i.prompt for i in verbose] == [i.prompt for i in world.new_task("new_facts")]
+    reference = world.long_form_answer(verbose[0])
+    assert verbose[0].answer in reference.split() and len(reference.split()) > 8
+    with pytest.raises(ValueError, match="multiplication, new_facts, verbose_facts"):
         world.new_task("division")
 
 

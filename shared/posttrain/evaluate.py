@@ -67,6 +67,7 @@ def score_item(item: Item, reply: Generation) -> bool:
     - ``json``: the reply parses as a JSON object whose only key is the relation and value the answer.
     - ``refusal``: the reply is exactly the fixed refusal sentence.
     - ``chat``: the reply is non-empty, ends its turn and opens no new turn (template following).
+    - ``verbose_facts``: the answer word appears in the reply (content, whatever the style).
     - hub skills of the colab profile (GSM8K, AdvBench, JSON questions): ``hub_tasks.score_hub_item``.
     - everything else: exact match with the reference answer.
     """
@@ -78,6 +79,8 @@ def score_item(item: Item, reply: Generation) -> bool:
         return parsed is not None and parsed == parse_json_answer(item.answer)
     if item.skill == "refusal":
         return text == REFUSAL
+    if item.skill == "verbose_facts":
+        return item.answer in text.split()
     if item.skill == "chat":
         return reply.stopped and bool(text) and "<user>" not in text and "<asst>" not in text
     return text == item.answer

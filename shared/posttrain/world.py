@@ -344,17 +344,26 @@ class World:
         - ``multiplication``: the one-digit times table, a new operator in the addition template (narrow).
         - ``new_facts``: chat questions about ``new_people`` no model has read about (broad knowledge
           injection: 3 facts x 48 people, each needing its own key-value binding).
+        - ``verbose_facts``: the same questions, whose training references are long-form sentences
+          (``long_form_answer``) unlike the model's own short answers (self-distillation, Lab 03); a
+          reply is right when it contains the answer word, in any style.
         """
         rng = random.Random(self.spec.seed * 1000 + 11)
         if name == "multiplication":
             return self._arithmetic_items("times", rng)
-        if name == "new_facts":
-            return self.fact_items(self.new_people, "new_facts", rng)
-        raise ValueError(f"unknown new task {name!r}; choose one of: multiplication, new_facts")
+        if name in ("new_facts", "verbose_facts"):
+            return self.fact_items(self.new_people, name, rng)
+        raise ValueError(f"unknown new task {name!r}; choose one of: {', '.join(self.new_task_names())}")
 
     @staticmethod
     def new_task_names() -> tuple[str, ...]:
-        return ("multiplication", "new_facts")
+        return ("multiplication", "new_facts", "verbose_facts")
+
+    @staticmethod
+    def long_form_answer(item: Item) -> str:
+        """The verbose reference answer of a fact item ("well , as far as i know , ada stone lives in the
+        city of paris these days"): the style of a teacher, not of the tiny chat model."""
+        return VERBOSE[item.relation].format(n=item.subject, v=item.answer)
 
 
 if __name__ == "__main__":

@@ -162,7 +162,9 @@ def skill_table(models_dir: Path, spec: WorldSpec | None = None) -> dict[str, di
     Chat skills are scored on greedy chat replies; ``chat`` is template following (the reply ends its
     turn and opens no new one) over every skill's prompts; ``fact_held_out`` is fact recall on the people
     left out of chat SFT (knowledge extraction); ``cpt_facts_chat`` asks chat questions about the people
-    only CPT taught; ``base_knowledge`` / ``cpt_knowledge`` probe the raw LM ("<name> lives in" → city).
+    only CPT taught; ``restate_new_people`` answers questions about unseen people given a long-form hint
+    (what self-distillation needs: the model rewrites references it could not know); ``base_knowledge`` /
+    ``cpt_knowledge`` probe the raw LM ("<name> lives in" → city).
     The last row checks that the world supports the chat vector (Huang et al. 2024, arXiv:2310.04799):
     tiny-base-cpt + (tiny-chat − tiny-base).
     """
@@ -173,6 +175,7 @@ def skill_table(models_dir: Path, spec: WorldSpec | None = None) -> dict[str, di
         "chat": as_chat_items([i for items in world.skills.values() for i in items[::4]]),
         "fact_held_out": [item for item in world.skills["fact"] if item.subject in held_out],
         "cpt_facts_chat": world.fact_items(world.cpt_people),
+        "restate_new_people": world.fact_items(world.new_people, "restate"),
     }
     probes = {
         "base_knowledge": world.knowledge_probes(world.people),
