@@ -11,6 +11,7 @@ Run ``python -m posttrain.world build [--out DIR] [--quick]``; the shipped model
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import time
@@ -183,10 +184,10 @@ def skill_table(models_dir: Path, spec: WorldSpec | None = None) -> dict[str, di
     }
     tokenizer = PreTrainedTokenizerFast.from_pretrained(models_dir / "tiny-chat")
     models = {
-        name: LlamaForCausalLM.from_pretrained(models_dir / name).eval()
+        name: LlamaForCausalLM.from_pretrained(models_dir / name, dtype=torch.float32).eval()
         for name in ("tiny-base", "tiny-chat", "tiny-base-cpt")
     }
-    merged = LlamaForCausalLM.from_pretrained(models_dir / "tiny-base-cpt").eval()
+    merged = copy.deepcopy(models["tiny-base-cpt"])
     base, chat = models["tiny-base"].state_dict(), models["tiny-chat"].state_dict()
     merged.load_state_dict({k: v + chat[k] - base[k] for k, v in merged.state_dict().items()})
     models["tiny-base-cpt + chat vector"] = merged
