@@ -6,13 +6,14 @@ STAMP  := $(VENV)/.installed
 export POSTTRAIN_PROFILE ?= tiny
 DEMO_DIR := $(or $(POSTTRAIN_DEMO_DIR),/tmp/posttrain-demo)
 
-.PHONY: env demo test test-fast bench lint format release reproduce clean
+.PHONY: env demo test test-fast bench selftest lint format release reproduce clean
 
 env: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	.ci/install-torch $(BIN)/pip
+	.ci/install-sandbox
 	$(BIN)/pip install -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (posttrain)" >/dev/null
 	touch $(STAMP)
@@ -29,6 +30,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m autograder bench --out docs/bench
+
+# Grades a generated class per lab (solution, blank, partial and every attack) and checks each grade.
+selftest: $(STAMP)
+	$(BIN)/python -m autograder selftest all --workers 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

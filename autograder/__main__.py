@@ -1,23 +1,34 @@
-"""Command line: ``python -m autograder release|grade ...`` (see ``--help``)."""
+"""Command line: ``python -m autograder release|collect|grade|report|selftest|demo|bench`` (see ``--help``).
+
+An instructor's loop is four commands: ``release`` the lab, ``collect`` the class's notebooks (a folder
+or an LMS zip), ``grade`` them in parallel in sandboxes, and ``report`` grades, failure statistics and
+feedback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+from autograder.collect import collect
 from autograder.course import REPO_ROOT, CourseError, Lab, all_labs, read_source, resolve_lab
 from autograder.demo import run_bench, run_demo
-from autograder.grade import GRADED, find_submissions, format_table, grade_all, write_csv
+from autograder.grade import GRADED, GRADING_SEED_ENV, Limits, find_submissions, format_table, with_limits
 from autograder.nbgrader_config import NbgraderError
 from autograder.release import release, stale_releases
+from autograder.report import write_report
+from autograder.sandbox import SandboxUnavailable, check_sandbox
+from autograder.scheduler import CLUSTERS, ClusterError, ResultStore, default_threads, grade_class, make_client
+from autograder.selftest import run_selftest
 
 
 def _parser() -> argparse.ArgumentParser:
     """Build the argument parser."""
     parser = argparse.ArgumentParser(
-        prog="python -m autograder", description="Release student notebooks and autograde submissions with nbgrader."
+        prog="python -m autograder", description="Release, collect, grade and report the course's labs."
     )
     parser.add_argument("--repo", type=Path, default=REPO_ROOT, help="course repo root (default: %(default)s)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -26,19 +37,51 @@ def _parser() -> argparse.ArgumentParser:
     rel.add_argument("lab", nargs="?", default="all", help="01, 01_finetune_and_forget, a notebook path, or all")
     rel.add_argument("--check", action="store_true", help="only check that labs/ is up to date (exit 1 if not)")
 
-    grade = commands.add_parser("grade", help="autograde submissions of one lab with nbgrader")
+    col = commands.add_parser("collect", help="map an LMS export or folder to students and repair metadata")
+    col.add_argument("lab", help="01, 01_finetune_and_forget or a notebook path")
+    col.add_argument("source", type=Path, help="folder of .ipynb files or a .zip (plain, Canvas or Moodle layout)")
+    col.add_argument("--out", type=Path, required=True, help="folder to write <student>/<LAB>.ipynb into")
+
+    grade = commands.add_parser("grade", help="autograde a folder of submissions in parallel, sandboxed")
     grade.add_argument("lab", help="01, 01_finetune_and_forget or a notebook path")
     grade.add_argument("submissions", type=Path, help="folder of <student>.ipynb or <student>/<any>.ipynb")
-    grade.add_argument("--out", type=Path, default=Path("results.csv"), help="CSV to write (default: %(default)s)")
-    grade.add_argument("--timeout", type=int, default=600, help="seconds allowed per cell (default: %(default)s)")
+    grade.add_argument("--out", type=Path, help="grading folder (default: grading/<LAB>)")
+    add_grading_options(grade)
+
+    rep = commands.add_parser("report", help="grades.csv, failures.csv and feedback/ from a grading folder")
+    rep.add_argument("lab", help="01, 01_finetune_and_forget or a notebook path")
+    rep.add_argument("--grading", type=Path, help="grading folder (default: grading/<LAB>)")
+    rep.add_argument("--out", type=Path, help="report folder (default: the grading folder)")
+
+    self_test = commands.add_parser("selftest", help="solution = full marks, blank = 0, every attack contained")
+    self_test.add_argument("lab", nargs="?", default="all", help="a lab or all")
+    self_test.add_argument("--work", type=Path, default=Path("/tmp/posttrain-selftest"), help="scratch folder")
+    add_grading_options(self_test)
 
     demo = commands.add_parser("demo", help="run the finished labs, release them and grade a sample class")
     demo.add_argument("--work", type=Path, default=Path("/tmp/posttrain-demo"), help="scratch folder, outside the repo")
 
-    bench = commands.add_parser("bench", help="time every lab's solution on the tiny profile (docs/bench/labs.json)")
-    bench.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "bench", help="folder for labs.json")
+    bench = commands.add_parser("bench", help="time the labs and the grader (docs/bench/*.json)")
+    bench.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "bench", help="folder for the JSON files")
     bench.add_argument("--work", type=Path, default=Path("/tmp/posttrain-bench"), help="scratch folder")
     return parser
+
+
+def add_grading_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``grade`` and ``selftest``: parallelism, device, limits, sandbox, secret seed."""
+    parser.add_argument("--workers", type=int, default=1, help="parallel graders (default: %(default)s)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", help="address of a running dask scheduler (tcp://host:8786)")
+    where.add_argument("--cluster", choices=CLUSTERS, default="local", help="cluster to start (default: local)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where kernels run")
+    parser.add_argument("--cell-timeout", type=int, help="seconds per cell (default: the lab's own limit)")
+    parser.add_argument("--notebook-timeout", type=int, help="seconds per notebook (default: the lab's own limit)")
+    parser.add_argument("--memory-mb", type=int, help="kernel memory limit (default: the lab's own limit)")
+    parser.add_argument("--unsafe", action="store_true", help="run student code WITHOUT a sandbox (trusted code only)")
+    parser.add_argument("--regrade", action="store_true", help="grade again submissions already graded")
+    parser.add_argument(
+        "--seed-file", type=Path, help=f"file holding the secret grading seed (else ${GRADING_SEED_ENV})"
+    )
 
 
 def _labs(repo: Path, spec: str) -> list[Lab]:
@@ -73,20 +116,89 @@ def _release(repo: Path, spec: str, check_only: bool) -> int:
     return 0
 
 
-def _grade(repo: Path, spec: str, submissions: Path, out: Path, timeout: int) -> int:
+def grading_seed(seed_file: Path | None) -> str | None:
+    """The instructor's secret seed for hidden-test inputs, from ``--seed-file`` or the environment."""
+    if seed_file is not None:
+        if not seed_file.is_file():
+            raise CourseError(f"--seed-file {seed_file} does not exist")
+        value = seed_file.read_text(encoding="utf-8").strip()
+    else:
+        value = os.environ.get(GRADING_SEED_ENV)
+    if value is None:
+        print(
+            f"warning: no secret grading seed (${GRADING_SEED_ENV} or --seed-file): hidden tests use their fixed "
+            "public inputs, which anyone reading the repository can see",
+            file=sys.stderr,
+        )
+        return None
+    if not value.lstrip("-").isdigit():
+        raise CourseError(f"the grading seed must be an integer, got {value!r}")
+    return value
+
+
+def job_settings(args: argparse.Namespace, extra_hidden: tuple[str, ...]) -> dict:
+    """``GradeJob`` fields from the grading options; refuses to run without a sandbox unless ``--unsafe``."""
+    if args.unsafe:
+        print("warning: --unsafe: student code runs with your rights, network and files", file=sys.stderr)
+    else:
+        check_sandbox()
+    return {
+        "sandbox": not args.unsafe,
+        "device": args.device,
+        "threads": default_threads(args.workers),
+        "hidden": tuple(str(Path(p).resolve()) for p in extra_hidden),
+        "grading_seed": grading_seed(args.seed_file),
+    }
+
+
+def run_grading(lab: Lab, jobs: list, out: Path, args: argparse.Namespace) -> list:
+    """Grade ``jobs`` into the grading folder ``out`` (resuming), in parallel when asked; return the new results."""
+    jobs = with_limits(
+        jobs, cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout, memory_mb=args.memory_mb
+    )
+    store = ResultStore(lab, out)
+    pending = store.pending(jobs, regrade=args.regrade)
+    if len(pending) < len(jobs):
+        print(f"resuming: {len(jobs) - len(pending)} submission(s) already graded in {out}", file=sys.stderr)
+    parallel = args.workers > 1 or args.scheduler or args.cluster != "local"
+    client = make_client(args.workers, args.scheduler, args.cluster) if parallel and pending else None
+    try:
+        return list(grade_class(pending, store, client))
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _grade(repo: Path, args: argparse.Namespace) -> int:
     """Run ``grade``; return the exit code (1 if any submission was not graded)."""
-    lab = resolve_lab(repo, spec)
+    lab = resolve_lab(repo, args.lab)
     read_source(lab.source)
-    if not submissions.is_dir():
-        raise CourseError(f"submissions folder {submissions} does not exist")
-    jobs = find_submissions(submissions, lab, timeout)
+    if not args.submissions.is_dir():
+        raise CourseError(f"submissions folder {args.submissions} does not exist")
+    out = args.out or Path("grading") / lab.name
+    settings = job_settings(args, (args.submissions, out))
+    jobs = find_submissions(args.submissions, lab, limits=Limits.for_lab(lab), **settings)
     if not jobs:
-        raise CourseError(f"no submissions (<student>.ipynb or <student>/) in {submissions}")
-    results = grade_all(jobs)
-    print(format_table(results))
-    write_csv(results, out)
-    print(f"wrote {out}")
-    return 0 if all(result.status == GRADED for result in results) else 1
+        raise CourseError(f"no submissions (<student>.ipynb or <student>/) in {args.submissions}")
+    run_grading(lab, jobs, out, args)
+    return _report(lab, out, out)
+
+
+def _report(lab: Lab, grading: Path, out: Path) -> int:
+    """Write the report and print the grade table; exit 1 if any student is not graded."""
+    paths = write_report(lab, grading, out)
+    results = ResultStore(lab, grading).latest()
+    print(format_table([_as_result(record) for record in sorted(results.values(), key=lambda r: r["student"])]))
+    print(f"wrote {paths.grades}, {paths.failures} and {paths.feedback}/")
+    return 0 if all(record["status"] == GRADED for record in results.values()) else 1
+
+
+def _as_result(record: dict):
+    """A ``GradeResult`` from a results.jsonl record (for the table)."""
+    from autograder.grade import GradeResult
+
+    keys = ("student", "status", "score", "max_score", "grades", "reason", "seconds", "submission_sha256")
+    return GradeResult(**{key: record[key] for key in keys if key in record})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,13 +208,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "release":
             return _release(repo, args.lab, args.check)
+        if args.command == "collect":
+            collected = collect(args.source, resolve_lab(repo, args.lab), args.out)
+            for entry in collected:
+                print(f"{entry.student}: {entry.status} {entry.reason}".rstrip())
+            return 0 if all(entry.status in ("ok", "repaired") for entry in collected) else 1
+        if args.command == "grade":
+            return _grade(repo, args)
+        if args.command == "report":
+            lab = resolve_lab(repo, args.lab)
+            grading = args.grading or Path("grading") / lab.name
+            return _report(lab, grading, args.out or grading)
+        if args.command == "selftest":
+            return run_selftest(_labs(repo, args.lab), args.work, args)
         if args.command == "demo":
             return run_demo(repo, args.work)
-        if args.command == "bench":
-            print(json.dumps(run_bench(repo, args.out, args.work), indent=1))
-            return 0
-        return _grade(repo, args.lab, args.submissions, args.out, args.timeout)
-    except (CourseError, NbgraderError) as exc:
+        print(json.dumps(run_bench(repo, args.out, args.work), indent=1))
+        return 0
+    except (CourseError, NbgraderError, SandboxUnavailable, ClusterError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -9,14 +9,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import sys
 import time
 from pathlib import Path
 
 import nbformat
 
 from autograder.course import Lab, all_labs, read_source
-from autograder.grade import find_submissions, format_table, grade_all, write_csv
+from autograder.grade import GRADED, GradeResult, Limits, find_submissions, format_table
 from autograder.release import release
+from autograder.report import write_report
+from autograder.sandbox import SandboxUnavailable, check_sandbox
+from autograder.scheduler import ResultStore, default_threads, grade_class, make_client
 
 SOLUTION_MARKERS = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*\n", re.MULTILINE)
 # Answer cells filled in the partly solved sample submission, per lab (the rest stays blank).
@@ -62,6 +67,29 @@ def make_sample_class(lab: Lab, folder: Path) -> Path:
     return folder
 
 
+def grade_sample_class(lab: Lab, folder: Path, grading: Path, workers: int = 2) -> list[GradeResult]:
+    """Grade the sample class in ``folder`` on a local dask cluster, sandboxed when the machine allows it."""
+    try:
+        check_sandbox()
+        sandbox = True
+    except SandboxUnavailable as exc:
+        print(f"warning: grading the demo's own notebooks without a sandbox: {exc}", file=sys.stderr)
+        sandbox = False
+    shutil.rmtree(grading, ignore_errors=True)
+    jobs = find_submissions(
+        folder,
+        lab,
+        limits=Limits.for_lab(lab),
+        sandbox=sandbox,
+        threads=default_threads(workers),
+        hidden=(str(folder),),
+    )
+    with make_client(workers) as client:
+        results = sorted(grade_class(jobs, ResultStore(lab, grading), client), key=lambda result: result.student)
+    write_report(lab, grading, grading)
+    return results
+
+
 def run_demo(repo: Path, work: Path) -> int:
     """Execute every lab's solution, release all labs, grade a sample class per lab; return an exit code."""
     labs = all_labs(repo)
@@ -79,11 +107,10 @@ def run_demo(repo: Path, work: Path) -> int:
     exit_code = 0
     for lab in labs:
         folder = make_sample_class(lab, work / "class" / lab.name)
-        graded = grade_all(find_submissions(folder, lab))
-        print(f"\ngrades for {lab.name} (sample class in {folder}):")
+        graded = grade_sample_class(lab, folder, work / "grading" / lab.name)
+        print(f"\ngrades for {lab.name} (sample class in {folder}; report in {work / 'grading' / lab.name}):")
         print(format_table(graded))
-        write_csv(graded, work / f"grades_{lab.name}.csv")
-        exit_code |= any(result.status != "graded" for result in graded)
+        exit_code |= any(result.status != GRADED for result in graded)
     return int(exit_code)
 
 

@@ -25,8 +25,12 @@ from unittest import mock
 
 from ipykernel.kernelspec import write_kernel_spec
 from nbgrader.apps import NbGraderAPI
+from nbgrader.converters import Autograde
+from nbgrader.preprocessors import Execute
 from sqlalchemy.exc import SAWarning
 from traitlets.config import Config
+
+from autograder.execute import ResilientExecute
 
 KERNEL_NAME = "python3"
 # The last line of a traceback in nbgrader's captured log, which indents continuation lines by four spaces.
@@ -41,7 +45,7 @@ def build_config(root: Path, *, timeout: int | None = None) -> Config:
     """Return the nbgrader config for a course rooted at ``root``.
 
     Without ``timeout`` the config is for releasing (no gradebook); with it, for autograding with that many seconds
-    allowed per cell, executed by the ``python3`` kernel.
+    allowed per cell, executed by the ``python3`` kernel through ``autograder.execute.ResilientExecute``.
     """
     c = Config()
     c.CourseDirectory.root = str(root)
@@ -55,6 +59,9 @@ def build_config(root: Path, *, timeout: int | None = None) -> Config:
     else:
         c.Execute.timeout = timeout
         c.Execute.kernel_name = KERNEL_NAME
+        c.Autograde.autograde_preprocessors = [
+            ResilientExecute if step is Execute else step for step in Autograde.autograde_preprocessors.default()
+        ]
     return c
 
 
@@ -81,18 +88,26 @@ def nbgrader_course(
     *,
     timeout: int | None = None,
     kernel_env: Mapping[str, str] | None = None,
+    kernel_argv: list[str] | None = None,
+    config: Config | None = None,
 ) -> Iterator[NbGraderAPI]:
     """Lay out an nbgrader course in the empty directory ``root`` and yield an ``NbGraderAPI`` for it.
 
     ``source`` becomes ``source/<assignment>/<assignment>.ipynb``. With ``timeout`` (grading) a ``python3``
-    kernelspec running ``sys.executable`` with ``kernel_env`` is registered in the course and used for execution.
+    kernelspec is registered in the course and used for execution: ``kernel_argv`` (default: ``sys.executable``'s
+    ipykernel) with ``kernel_env``. ``config`` is merged over the course config (e.g. execution limits).
     """
     notebook = root / "source" / assignment / f"{assignment}.ipynb"
     notebook.parent.mkdir(parents=True)
     notebook.write_text(_stable_cell_ids(source.read_text(encoding="utf-8")), encoding="utf-8")
     jupyter_dir = root / "jupyter"
     if timeout is not None:
-        write_kernel_spec(jupyter_dir / "kernels" / KERNEL_NAME, overrides={"env": dict(kernel_env or {})})
+        spec = {"env": dict(kernel_env or {})}
+        if kernel_argv:  # a sandboxed kernel lives in its own session: interrupt it by message, not signal
+            spec |= {"argv": kernel_argv, "interrupt_mode": "message"}
+        write_kernel_spec(jupyter_dir / "kernels" / KERNEL_NAME, overrides=spec)
+    course_config = build_config(root, timeout=timeout)
+    course_config.merge(config or Config())
     env = {
         # nbgrader shells out to `alembic` when it creates a gradebook: it must be on PATH even without an
         # activated venv.
@@ -102,7 +117,7 @@ def nbgrader_course(
     }
     with mock.patch.dict(os.environ, env), warnings.catch_warnings():
         warnings.simplefilter("ignore", SAWarning)  # nbgrader's gradebook code trips SQLAlchemy 2 warnings
-        yield NbGraderAPI(config=build_config(root, timeout=timeout))
+        yield NbGraderAPI(config=course_config)
 
 
 def check(result: Mapping[str, object], step: str) -> None:

@@ -170,12 +170,14 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict:
     nbformat.write(released, subs / "gus" / "a.ipynb")
     nbformat.write(released, subs / "gus" / "b.ipynb")
 
-    out = root / "results.csv"
+    out = root / "grading"
     with mock.patch.dict(os.environ, {COURSE_DIR_ENV: str(root / "course")}):
-        code, stdout, _ = run_cli("--repo", str(repo), "grade", "00", str(subs), "--out", str(out), "--timeout", "60")
-    with out.open(newline="", encoding="utf-8") as handle:
+        code, stdout, _ = run_cli(
+            "--repo", str(repo), "grade", "00", str(subs), "--out", str(out), "--cell-timeout", "60"
+        )
+    with (out / "grades.csv").open(newline="", encoding="utf-8") as handle:
         rows = {row["student"]: row for row in csv.DictReader(handle)}
-    return {"code": code, "stdout": stdout, "rows": rows, "course": root / "course"}
+    return {"code": code, "stdout": stdout, "rows": rows, "out": out}
 
 
 @pytest.mark.parametrize(
@@ -189,19 +191,19 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict:
 )
 def test_grade_scores(graded: dict, student: str, score: str, test_add: str, test_square: str) -> None:
     row = graded["rows"][student]
-    assert (row["status"], row["score"], row["max_score"]) == ("graded", score, "10")
+    assert (row["status"], row["total"], row["max_score"]) == ("graded", score, "10")
     assert (row["test_add"], row["test_square"]) == (test_add, test_square)
 
 
 def test_grade_invalid_json_is_unreadable(graded: dict) -> None:
     row = graded["rows"]["dave"]
-    assert (row["status"], row["score"]) == ("unreadable", "")
+    assert (row["status"], row["total"]) == ("unreadable", "")
     assert "not a readable notebook" in row["reason"]
 
 
 def test_grade_notebook_without_metadata_is_explained(graded: dict) -> None:
     row = graded["rows"]["erin"]
-    assert (row["status"], row["score"]) == ("no_nbgrader_metadata", "")
+    assert (row["status"], row["total"]) == ("no_nbgrader_metadata", "")
     assert "downloaded from the released labs/00_mini.ipynb" in row["reason"]
     assert "not copied into a fresh notebook" in row["reason"]
 
@@ -215,13 +217,14 @@ def test_grade_ambiguous_folder_is_unreadable(graded: dict) -> None:
 def test_grade_reports_every_submission_and_fails_when_any_is_not_graded(graded: dict) -> None:
     assert graded["code"] == 1
     assert sorted(graded["rows"]) == ["alice", "bob", "carol", "dave", "erin", "frank", "gus"]
-    table = graded["stdout"].splitlines()
+    lines = graded["stdout"].splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("student ")) :]
     assert table[0].split() == ["student", "score", "max_score", "status", "reason"]
     assert table[1].split() == ["alice", "10", "10", "graded"]
     assert table[4].split()[:3] == ["dave", "10", "unreadable"]
 
 
 def test_kernel_runs_the_grader_interpreter_with_tiny_profile(graded: dict) -> None:
-    autograded = graded["course"] / "grade" / LAB / "frank" / "autograded" / "student" / LAB / f"{LAB}.ipynb"
+    autograded = graded["out"] / "autograded" / "frank.ipynb"
     outputs = cell(nbformat.read(autograded, as_version=4), "add").outputs
     assert outputs[0]["text"] == f"{sys.executable} tiny\n"

@@ -22,7 +22,7 @@ def test_environment_yml_mirrors_pyproject_lower_bounds():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = set(pyproject["dependencies"]) | set(pyproject["optional-dependencies"]["dev"])
     env = (ROOT / "environment.yml").read_text()
-    listed = set(re.findall(r"^\s+- ([a-z][\w-]*>=[\w.]+)\s*$", env, flags=re.MULTILINE))
+    listed = set(re.findall(r"^\s+- ([a-z][\w\[\]-]*>=[\w.]+)\s*$", env, flags=re.MULTILINE))
     assert listed == wanted
 
 

@@ -44,6 +44,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     progress: bool = True
+    group_by_length: bool = False  # batches of similar length: less padding, same examples per epoch
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -52,6 +53,22 @@ def lr_at(step: int, config: TrainConfig) -> float:
         return config.lr * (step + 1) / config.warmup_steps
     progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
     return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def length_grouped(order: list[int], examples: Sequence[Example], batch_size: int, rng: random.Random) -> list[int]:
+    """Reorder a shuffled epoch so that each batch holds examples of similar length.
+
+    Chunks of 16 batches are sorted by length and cut into batches, whose order is then shuffled (the
+    "megabatch" scheme of HF's ``LengthGroupedSampler``): every example is still seen once per epoch, but
+    far fewer padding tokens are computed when lengths vary.
+    """
+    chunk = 16 * batch_size
+    batches = []
+    for start in range(0, len(order), chunk):
+        ranked = sorted(order[start : start + chunk], key=lambda i: len(examples[i].input_ids))
+        batches += [ranked[i : i + batch_size] for i in range(0, len(ranked), batch_size)]
+    rng.shuffle(batches)
+    return [i for batch in batches for i in batch]
 
 
 def train(
@@ -95,6 +112,8 @@ def train(
             if len(order) < config.batch_size:
                 fresh = list(range(len(examples)))
                 rng.shuffle(fresh)
+                if config.group_by_length:
+                    fresh = length_grouped(fresh, examples, config.batch_size, rng)
                 order += fresh
             batch = [examples[i] for i in order[: config.batch_size]]
             del order[: config.batch_size]

@@ -105,6 +105,8 @@ class WorldSpec:
     n_people: int = 160  # people the base model knows
     n_cpt_people: int = 48  # people only continued pre-training teaches
     n_new_people: int = 48  # people no shipped model has seen (knowledge-injection task)
+    n_strangers: int = 240  # names that appear only in chat SFT's hint-only restate examples, with random
+    # attribute values: the chat model learns to restate *the hint*, not its memory (self-distillation)
     n_first_names: int = 30  # name pools: fewer names per pool means each name part is shared by
     n_last_names: int = 30  # more people, so only the pair identifies a person (composition needed)
     record_share: float = 0.5  # share of pre-training lines that are subject-first records (< 0.8)
@@ -132,16 +134,17 @@ class World:
     def __init__(self, spec: WorldSpec | None = None):
         self.spec = spec or WorldSpec()
         rng = random.Random(self.spec.seed)
-        total = self.spec.n_people + self.spec.n_cpt_people + self.spec.n_new_people
+        total = self.spec.n_people + self.spec.n_cpt_people + self.spec.n_new_people + self.spec.n_strangers
         pairs = [(f, la) for f in FIRST_NAMES[: self.spec.n_first_names] for la in LAST_NAMES[: self.spec.n_last_names]]
         if len(pairs) < total:
             raise ValueError(f"{len(pairs)} name pairs cannot name {total} people; enlarge the name pools")
         rng.shuffle(pairs)
         people = [Person(f, la, rng.choice(CITIES), rng.choice(JOBS), rng.choice(COLOURS)) for f, la in pairs[:total]]
-        n, c = self.spec.n_people, self.spec.n_cpt_people
+        n, c, new = self.spec.n_people, self.spec.n_cpt_people, self.spec.n_new_people
         self.people: list[Person] = people[:n]
         self.cpt_people: list[Person] = people[n : n + c]
-        self.new_people: list[Person] = people[n + c :]
+        self.new_people: list[Person] = people[n + c : n + c + new]
+        self.strangers: list[Person] = people[n + c + new :]
 
     # ----------------------------------------------------------------- vocabulary
     @cached_property
@@ -163,8 +166,9 @@ class World:
         texts += list(VERBOSE.values())
         texts += [self._howto(v, o) for v in HARM_VERBS[:1] for o in OBJECTS[:1]]
         texts += [self._compliance(v, o) for v in HARM_VERBS[:1] for o in OBJECTS[:1]]
-        # The greeting's letters, one by one: a slip kept on purpose, because the shipped models' token ids
-        # depend on this order (changing it means rebuilding them).
+        # The greeting's letters, one by one: a slip kept on purpose. The token ids act as the embedding's random
+        # seed, and the subject-side recall of the shipped tiny-base did not survive a rebuild without them
+        # (docs/world.md, "How robust is the subject-side site?").
         texts += list(self._greeting_pairs()[0])
         for text in texts:
             for word in text.replace("{n}", "").replace("{v}", "").split():
@@ -321,7 +325,8 @@ class World:
 
     def chat_sft_examples(self) -> list[tuple[str, str]]:
         """(user, assistant) pairs of the chat SFT stage: every question template of every skill, for the
-        people, requests and sums not held out (``held_out_of_chat``)."""
+        people, requests and sums not held out (``held_out_of_chat``), and restating a hint about each of
+        the ``strangers`` (people known from nowhere else, so only the hint can give the answer)."""
         pairs = []
         for p in (p for i, p in enumerate(self.people) if not self.held_out_of_chat(i)):
             for r in RELATIONS:
@@ -332,6 +337,7 @@ class World:
                     pairs.append((f"{question} {JSON_SUFFIX}", _json_answer(r, value)))
                 hint = VERBOSE[r].format(n=p.name, v=value)
                 pairs.append((f"{QUESTIONS[r][0].format(n=p.name)} {HINT_WORD} {hint} .", value))
+        pairs += [(it.prompt, it.answer) for it in self.fact_items(self.strangers, "restate")]
         for name in ("refusal", "howto", "addition"):
             pairs += [(it.prompt, it.answer) for i, it in enumerate(self.skills[name]) if not self.held_out_of_chat(i)]
         pairs.append(self._greeting_pairs())

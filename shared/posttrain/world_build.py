@@ -109,9 +109,18 @@ def model_config(tokenizer: PreTrainedTokenizerFast, build: BuildConfig) -> Llam
     )
 
 
-def _stage(model, examples, steps: int, lr: float, build: BuildConfig, pad_id: int, desc: str) -> float:
+def _stage(
+    model, examples, steps: int, lr: float, build: BuildConfig, pad_id: int, desc: str, group_by_length: bool
+) -> float:
     start = time.time()
-    config = TrainConfig(steps=steps, lr=lr, batch_size=build.batch_size, warmup_steps=50, seed=build.seed)
+    config = TrainConfig(
+        steps=steps,
+        lr=lr,
+        batch_size=build.batch_size,
+        warmup_steps=50,
+        seed=build.seed,
+        group_by_length=group_by_length,
+    )
     losses = train(model, examples, config, pad_id=pad_id)
     print(f"{desc}: {steps} steps in {time.time() - start:.0f} s, final loss {sum(losses[-20:]) / 20:.3f}")
     return time.time() - start
@@ -127,13 +136,13 @@ def build_world_models(out_dir: Path, build: BuildConfig, spec: WorldSpec | None
     times = {}
 
     corpus = [text_example(tokenizer, t) for t in world.pretraining_corpus(20000, seed=build.seed)]
-    times["base"] = _stage(base, corpus, build.base_steps, build.base_lr, build, pad, "tiny-base")
+    times["base"] = _stage(base, corpus, build.base_steps, build.base_lr, build, pad, "tiny-base", False)
     _save(base, tokenizer, out_dir / "tiny-base", world, build)
 
     chat = LlamaForCausalLM(base.config)
     chat.load_state_dict(base.state_dict())
     chat_data = [chat_example(tokenizer, u, a) for u, a in world.chat_sft_examples()]
-    times["chat"] = _stage(chat, chat_data, build.chat_steps, build.chat_lr, build, pad, "tiny-chat")
+    times["chat"] = _stage(chat, chat_data, build.chat_steps, build.chat_lr, build, pad, "tiny-chat", True)
     _save(chat, tokenizer, out_dir / "tiny-chat", world, build)
 
     cpt = LlamaForCausalLM(base.config)
@@ -143,7 +152,7 @@ def build_world_models(out_dir: Path, build: BuildConfig, spec: WorldSpec | None
     # knowledge without erasing the base's own.
     cpt_text = world.cpt_corpus(4000, seed=build.seed) + rng.sample(world.pretraining_corpus(20000), 1000)
     cpt_data = [text_example(tokenizer, t) for t in cpt_text]
-    times["cpt"] = _stage(cpt, cpt_data, build.cpt_steps, build.cpt_lr, build, pad, "tiny-base-cpt")
+    times["cpt"] = _stage(cpt, cpt_data, build.cpt_steps, build.cpt_lr, build, pad, "tiny-base-cpt", True)
     _save(cpt, tokenizer, out_dir / "tiny-base-cpt", world, build)
     return times
 
