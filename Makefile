@@ -46,7 +46,7 @@ format: $(STAMP)
 release: $(STAMP)
 	$(BIN)/python -m autograder release all
 
-# Rebuilds the shipped tiny-world models from scratch (about 10 minutes on 2 cores) and reports their skills.
+# Rebuilds the shipped tiny-world models from scratch (about 9 minutes on 2 cores) and reports their skills.
 reproduce: $(STAMP)
 	$(BIN)/python -m posttrain.world build
 	$(BIN)/python -m posttrain.world report

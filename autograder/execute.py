@@ -45,7 +45,8 @@ class ResilientExecute(Execute):
 
     def preprocess(self, nb: NotebookNode, resources=None, km=None) -> tuple[NotebookNode, dict]:
         """Execute ``nb``, skipping cells that kill the kernel or time out, within the notebook's time limit."""
-        deadline = time.monotonic() + self.notebook_timeout
+        start = time.monotonic()
+        deadline = start + self.notebook_timeout
         cell_limit = self.timeout if self.timeout and self.timeout > 0 else math.inf
         self.timeout_func = lambda cell: max(1, int(min(cell_limit, deadline - time.monotonic())))
         skipped: dict[int, str] = {}
@@ -55,7 +56,9 @@ class ResilientExecute(Execute):
                 run.cells[index].source = SKIPPED_CELL.format(why=why)
             self._running_index, self._output_bytes = None, {}
             try:
-                return super().preprocess(run, resources, km)
+                run, resources = super().preprocess(run, resources, km)
+                run.metadata["autograder"] = {"execution_seconds": round(time.monotonic() - start, 2)}
+                return run, resources
             except (DeadKernelError, CellTimedOut, CellTimeoutError) as exc:
                 index = self._running_index
                 if index is None:  # the kernel never ran a cell: a broken set-up, not a student's doing
@@ -66,6 +69,7 @@ class ResilientExecute(Execute):
                 if time.monotonic() >= deadline - 1 or len(skipped) >= self.max_reruns:
                     self.log.warning("giving up on the rest of the notebook: cell %d %s", index, why)
                     _fail_unrun_cells(run, index, why)
+                    run.metadata["autograder"] = {"execution_seconds": round(time.monotonic() - start, 2)}
                     return run, resources
                 self.log.warning("cell %d %s; rerunning without it", index, why)
                 skipped[index] = why

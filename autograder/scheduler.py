@@ -19,11 +19,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 from nbgrader.api import Gradebook, MissingEntry
+from sqlalchemy.exc import SAWarning
 from traitlets.config import Config
 
 from autograder.course import Lab, course_workdir
@@ -119,7 +121,8 @@ class ResultStore:
     def _merge(self, result: GradeResult) -> None:
         """Replace the student's submission in the gradebook by ``result``'s scores."""
         name = self.lab.name
-        with Gradebook(self.gradebook_url) as gb:
+        with warnings.catch_warnings(), Gradebook(self.gradebook_url) as gb:
+            warnings.simplefilter("ignore", SAWarning)  # nbgrader's gradebook code trips SQLAlchemy 2 warnings
             gb.update_or_create_student(result.student)
             try:
                 gb.remove_submission(name, result.student)

@@ -12,6 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
+from nbgrader.api import Gradebook
 
 from autograder.__main__ import main
 from autograder.attacks import ATTACKS
@@ -93,27 +94,26 @@ def test_feedback_and_csv_cover_every_student(selftest: dict) -> None:
     assert len((grading / "grades.csv").read_text().splitlines()) == len(students) + 1
 
 
-def test_a_killed_run_resumes_and_regrading_never_duplicates(selftest: dict) -> None:
-    repo, grading = selftest["repo"], selftest["work"] / "grading"
-    collected = selftest["work"] / "collected"
+def test_a_killed_run_resumes_and_regrading_never_duplicates(selftest: dict, tmp_path: Path) -> None:
+    repo, grading = selftest["repo"], tmp_path / "grading"
+    folder = tmp_path / "class"
+    for student in ("correct", "partial", "blank"):
+        shutil.copytree(selftest["work"] / "collected" / student, folder / student)
+    grade = ("--repo", str(repo), "grade", LAB, str(folder), "--out", str(grading))
+    assert run_cli(*grade)[0] == 0
     lines = (grading / "results.jsonl").read_text().splitlines()
-    lost = {json.loads(line)["student"] for line in lines[-2:]}
-    (grading / "results.jsonl").write_text("\n".join(lines[:-2]) + "\n")  # the run died before these two
-    code, _, stderr = run_cli("--repo", str(repo), "grade", LAB, str(collected), "--out", str(grading))
-    assert code == 1  # invalid_json stays unreadable
-    assert f"resuming: {len(latest(grading)) - 2} submission(s) already graded" in stderr
-    new_lines = (grading / "results.jsonl").read_text().splitlines()[len(lines) - 2 :]
-    assert {json.loads(line)["student"] for line in new_lines} == lost
+    (grading / "results.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # the run died before the last one
+    code, _, stderr = run_cli(*grade)
+    assert code == 0 and "resuming: 2 submission(s) already graded" in stderr
+    new_lines = (grading / "results.jsonl").read_text().splitlines()[2:]
+    assert [json.loads(line)["student"] for line in new_lines] == [json.loads(lines[-1])["student"]]
 
-    code, _, _ = run_cli("--repo", str(repo), "grade", LAB, str(collected), "--out", str(grading), "--regrade")
+    assert run_cli(*grade, "--regrade")[0] == 0
+    assert len((grading / "results.jsonl").read_text().splitlines()) == 6  # appended; the last line wins
     store = ResultStore(Lab(repo, LAB), grading)
-    graded = [s for s, r in store.latest().items() if r["status"] == "graded"]
-    from nbgrader.api import Gradebook
-
     with Gradebook(store.gradebook_url) as gb:
-        submissions = gb.assignment_submissions(LAB)
-        assert sorted(s.student.id for s in submissions) == sorted(graded)  # one each, no duplicates
-        assert gb.find_submission(LAB, "correct").score == 10
+        assert sorted(s.student.id for s in gb.assignment_submissions(LAB)) == ["blank", "correct", "partial"]
+        assert [gb.find_submission(LAB, s).score for s in ("correct", "partial", "blank")] == [10, 5, 0]
 
 
 def test_grading_refuses_without_sandbox_unless_unsafe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

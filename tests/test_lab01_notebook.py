@@ -8,8 +8,7 @@ import json
 import pytest
 
 from autograder.course import REPO_ROOT, resolve_lab
-from autograder.demo import PARTIAL_ANSWERS, execute_solution, make_sample_class
-from autograder.grade import find_submissions, grade_all
+from autograder.demo import PARTIAL_ANSWERS, execute_solution, grade_sample_class, make_sample_class
 
 pytestmark = pytest.mark.slow
 LAB = resolve_lab(REPO_ROOT, "01")
@@ -50,9 +49,9 @@ def test_solution_forgetting_grows_with_learning_rate(results):
     assert final[high]["json"] + final[high]["refusal"] < final[low]["json"] + final[low]["refusal"]
 
 
-def test_sample_class_gets_exact_grades(tmp_path):
+def test_sample_class_gets_exact_grades_in_the_sandbox_on_two_workers(tmp_path):
     folder = make_sample_class(LAB, tmp_path / "class")
-    grades = {r.student: r for r in grade_all(find_submissions(folder, LAB))}
+    grades = {r.student: r for r in grade_sample_class(LAB, folder, tmp_path / "grading", workers=2)}
     assert {s: r.status for s, r in grades.items()} == {"correct": "graded", "blank": "graded", "partial": "graded"}
     assert grades["correct"].score == grades["correct"].max_score == 100
     assert grades["blank"].score == 0

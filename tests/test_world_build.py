@@ -22,6 +22,12 @@ def test_tiny_chat_masters_its_chat_skills(table):
         assert chat[skill] >= 0.9, (skill, chat[skill])
 
 
+def test_tiny_chat_restates_hints_about_people_it_never_saw(table):
+    # what self-distillation (Lab 03) needs: rewriting a reference answer the model could not know itself
+    assert table["tiny-chat"]["restate_new_people"] >= 0.9
+    assert table["tiny-chat"]["cpt_facts_chat"] <= 0.3  # ... while it does not know those people without a hint
+
+
 def test_tiny_chat_is_imperfect_on_what_it_was_not_shown(table):
     # held-out people are answered from pre-training knowledge: mostly, not always (room for 0->1 flips)
     assert 0.5 <= table["tiny-chat"]["fact_held_out"] < 1.0
