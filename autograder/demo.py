@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import nbformat
 
+from autograder.attacks import answer_sources, solved_release
 from autograder.course import Lab, all_labs, read_source
 from autograder.grade import GRADED, GradeResult, Limits, find_submissions, format_table
 from autograder.release import release
@@ -23,7 +23,6 @@ from autograder.report import write_report
 from autograder.sandbox import SandboxUnavailable, check_sandbox
 from autograder.scheduler import ResultStore, default_threads, grade_class, make_client
 
-SOLUTION_MARKERS = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*\n", re.MULTILINE)
 # Answer cells filled in the partly solved sample submission, per lab (the rest stays blank).
 PARTIAL_ANSWERS = {"01_finetune_and_forget": ("task1_masked_loss", "task2_sft_example")}
 
@@ -45,17 +44,7 @@ def execute_solution(lab: Lab, work: Path, parameters: dict | None = None) -> tu
 
 def partly_solved(lab: Lab, answer_ids: tuple[str, ...]) -> nbformat.NotebookNode:
     """The released notebook with the solution code pasted into the answer cells named by ``answer_ids``."""
-    solutions = {
-        cell.metadata["nbgrader"]["grade_id"]: SOLUTION_MARKERS.sub("", cell.source)
-        for cell in read_source(lab.source).cells
-        if cell.metadata.get("nbgrader", {}).get("solution")
-    }
-    student = nbformat.read(lab.release, as_version=4)
-    for cell in student.cells:
-        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
-        if grade_id in answer_ids:
-            cell.source = solutions[grade_id]
-    return student
+    return solved_release(lab, skip=tuple(set(answer_sources(lab)) - set(answer_ids)))
 
 
 def make_sample_class(lab: Lab, folder: Path) -> Path:
