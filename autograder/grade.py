@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -197,8 +199,28 @@ def kernel_settings(job: GradeJob, root: Path) -> tuple[dict[str, str], list[str
     return env, argv, config
 
 
+_assignment_gradebooks: dict[tuple[str, int], Path] = {}
+
+
+def assignment_gradebook(lab: Lab) -> Path:
+    """A gradebook holding only ``lab``'s assignment (notebooks, graded cells, points, checksums), built once per
+    process and source version. Each submission's course starts from a copy of it: nbgrader's generate_assignment,
+    which this replaces, was most of the per-submission overhead (about 3 s)."""
+    key = (str(lab.source.resolve()), lab.source.stat().st_mtime_ns)
+    if key not in _assignment_gradebooks or not _assignment_gradebooks[key].is_file():
+        root = Path(tempfile.mkdtemp(prefix="posttrain-gradebook-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        config = Config()
+        config.GenerateAssignment.no_database = False
+        config.SaveCells.enabled = True
+        with nbgrader_course(root, lab.name, lab.source, config=config) as api:
+            check(api.generate_assignment(lab.name, force=True, create=True), f"generate_assignment {lab.name}")
+        _assignment_gradebooks[key] = root / "gradebook.db"
+    return _assignment_gradebooks[key]
+
+
 def _autograde(job: GradeJob, source_ids: list[str]) -> tuple[float, dict[str, float], str, str]:
-    """Run nbgrader generate_assignment + autograde; return (score, score per grade_id, remarks, notebook)."""
+    """Run nbgrader autograde in a fresh course; return (score, score per grade_id, remarks, notebook)."""
     submitted_ids = set(graded_cell_ids(_read_submission(job)))
     released = f"labs/{job.lab.name}.ipynb"
     if not submitted_ids & set(source_ids):
@@ -210,6 +232,7 @@ def _autograde(job: GradeJob, source_ids: list[str]) -> tuple[float, dict[str, f
         )
     name = job.lab.name
     with course_workdir(job.lab.repo, f"grade/{name}/{job.student}") as root:
+        shutil.copyfile(assignment_gradebook(job.lab), root / "gradebook.db")
         kernel_env, kernel_argv, config = kernel_settings(job, root)
         runtime = {"JUPYTER_RUNTIME_DIR": str(root / "runtime")}
         with (
@@ -224,7 +247,6 @@ def _autograde(job: GradeJob, source_ids: list[str]) -> tuple[float, dict[str, f
                 config=config,
             ) as api,
         ):
-            check(api.generate_assignment(name, force=True, create=True), f"generate_assignment {name}")
             submitted = root / "submitted" / NBGRADER_STUDENT / name / f"{name}.ipynb"
             submitted.parent.mkdir(parents=True)
             shutil.copyfile(job.submission, submitted)

@@ -178,6 +178,11 @@ def launch(policy_file: str, connection_file: str) -> None:
     if running_as_root():
         os.chown(private_copy, policy.uid, policy.uid)
     command = kernel_command(policy, str(private_copy))
+    # The kernel's own stdout/stderr (banners, and anything a student writes to fd 1 or 2 directly) go to a
+    # log beside its sockets, size-capped by the file-size limit, not to the grader's terminal.
+    log = os.open(Path(policy.runtime) / "kernel.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
     os.execvp(command[0], command)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Iterator
@@ -26,11 +27,17 @@ from pathlib import Path
 
 from nbgrader.api import Gradebook, MissingEntry
 from sqlalchemy.exc import SAWarning
-from traitlets.config import Config
 
-from autograder.course import Lab, course_workdir
-from autograder.grade import ERROR, GRADED, GradeJob, GradeResult, grade_submission, submission_digest
-from autograder.nbgrader_config import check, nbgrader_course
+from autograder.course import Lab
+from autograder.grade import (
+    ERROR,
+    GRADED,
+    GradeJob,
+    GradeResult,
+    assignment_gradebook,
+    grade_submission,
+    submission_digest,
+)
 
 RESULTS = "results.jsonl"
 CLUSTERS = ("local", "slurm", "kubernetes")
@@ -95,16 +102,10 @@ class ResultStore:
         ]
 
     def prepare_gradebook(self) -> None:
-        """Create the lab's assignment (notebooks, grade cells, points) in the gradebook."""
-        config = Config()
-        config.CourseDirectory.db_url = self.gradebook_url
-        config.GenerateAssignment.no_database = False
-        config.SaveCells.enabled = True
-        with (
-            course_workdir(self.lab.repo, f"gradebook/{self.lab.name}") as root,
-            nbgrader_course(root, self.lab.name, self.lab.source, config=config) as api,
-        ):
-            check(api.generate_assignment(self.lab.name, force=True, create=True), "generate_assignment")
+        """Start the gradebook from the lab's assignment (notebooks, grade cells, points) unless it exists."""
+        database = self.folder / "gradebook.db"
+        if not database.is_file():
+            shutil.copyfile(assignment_gradebook(self.lab), database)
 
     def record(self, job: GradeJob, result: GradeResult) -> None:
         """Append ``result`` to ``results.jsonl``, save its autograded notebook and merge it into the gradebook."""
