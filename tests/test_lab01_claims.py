@@ -3,7 +3,7 @@
 
 Claims of issue #3 and what the tiny world measured (see docs/labs/01_finetune_and_forget.md):
 - full fine-tuning at lr 1e-3 masters the new task (>= 90 %; measured 1.00 in every seed),
-- while JSON format or refusal drops by >= 30 points (measured: JSON 0.92 -> 0.00, refusal 1.00 -> <= 0.22),
+- while JSON format or refusal drops by >= 30 points (measured: refusal 1.00 -> 0.00, JSON 0.95 -> 0.71-0.75),
 - the sample-wise view differs from the average: somewhere in the learning-rate sweep an old skill has
   items flipping 0 -> 1, so its average drop understates its forgetting F. The tiny world shows this only
   weakly (backward transfer <= 0.03 of the items), which the lab says plainly,
