@@ -17,12 +17,20 @@ from autograder.bench import run_grading_bench
 from autograder.collect import collect
 from autograder.course import REPO_ROOT, CourseError, Lab, all_labs, read_source, resolve_lab
 from autograder.demo import run_bench, run_demo
-from autograder.grade import GRADED, GRADING_SEED_ENV, Limits, find_submissions, format_table, with_limits
+from autograder.grade import (
+    GRADED,
+    GRADING_SEED_ENV,
+    GradeResult,
+    Limits,
+    find_submissions,
+    format_table,
+    with_limits,
+)
 from autograder.nbgrader_config import NbgraderError
 from autograder.release import release, stale_releases
 from autograder.report import write_report
 from autograder.sandbox import SandboxUnavailable, check_sandbox
-from autograder.scheduler import CLUSTERS, ClusterError, ResultStore, default_threads, grade_class, make_client
+from autograder.scheduler import CLUSTERS, ClusterError, ResultStore, default_threads, grade_jobs
 from autograder.selftest import run_selftest
 
 
@@ -162,13 +170,7 @@ def run_grading(lab: Lab, jobs: list, out: Path, args: argparse.Namespace) -> li
     pending = store.pending(jobs, regrade=args.regrade)
     if len(pending) < len(jobs):
         print(f"resuming: {len(jobs) - len(pending)} submission(s) already graded in {out}", file=sys.stderr)
-    parallel = args.workers > 1 or args.scheduler or args.cluster != "local"
-    client = make_client(args.workers, args.scheduler, args.cluster) if parallel and pending else None
-    try:
-        return list(grade_class(pending, store, client))
-    finally:
-        if client is not None:
-            client.close()
+    return grade_jobs(pending, store, args.workers, args.scheduler, args.cluster)
 
 
 def _grade(repo: Path, args: argparse.Namespace) -> int:
@@ -195,10 +197,8 @@ def _report(lab: Lab, grading: Path, out: Path) -> int:
     return 0 if all(record["status"] == GRADED for record in results.values()) else 1
 
 
-def _as_result(record: dict):
+def _as_result(record: dict) -> GradeResult:
     """A ``GradeResult`` from a results.jsonl record (for the table)."""
-    from autograder.grade import GradeResult
-
     keys = ("student", "status", "score", "max_score", "grades", "reason", "seconds", "submission_sha256")
     return GradeResult(**{key: record[key] for key in keys if key in record})
 

@@ -27,7 +27,7 @@ from autograder.course import REPO_ROOT, Lab
 from autograder.grade import Limits, find_submissions
 from autograder.release import release
 from autograder.sandbox import check_sandbox
-from autograder.scheduler import ResultStore, default_threads, grade_class, make_client
+from autograder.scheduler import ResultStore, connected, default_threads, grade_class
 
 MINI_LAB = REPO_ROOT / "tests" / "fixtures" / "mini_lab"
 CLASS_SIZE = 12
@@ -47,14 +47,15 @@ def _grade(lab: Lab, folder: Path, grading: Path, workers: int) -> tuple[float, 
     """Grade ``folder`` with ``workers`` (sandboxed); return the wall seconds and the results."""
     shutil.rmtree(grading, ignore_errors=True)
     jobs = find_submissions(folder, lab, limits=Limits.for_lab(lab), threads=default_threads(workers))
-    client = make_client(workers) if workers > 1 else None
-    try:
+    store = ResultStore(lab, grading)
+    if workers == 1:
         start = time.monotonic()
-        results = list(grade_class(jobs, ResultStore(lab, grading), client))
+        results = list(grade_class(jobs, store))
         return time.monotonic() - start, results
-    finally:
-        if client is not None:
-            client.close()
+    with connected(workers) as client:
+        start = time.monotonic()  # the cluster's start-up is not grading time
+        results = list(grade_class(jobs, store, client))
+        return time.monotonic() - start, results
 
 
 def run_grading_bench(out_dir: Path, work: Path) -> dict:

@@ -21,7 +21,7 @@ from autograder.grade import GRADED, GradeResult, Limits, find_submissions, form
 from autograder.release import release
 from autograder.report import write_report
 from autograder.sandbox import SandboxUnavailable, check_sandbox
-from autograder.scheduler import ResultStore, default_threads, grade_class, make_client
+from autograder.scheduler import ResultStore, default_threads, grade_jobs
 
 # Answer cells filled in the partly solved sample submission, per lab (the rest stays blank).
 PARTIAL_ANSWERS = {"01_finetune_and_forget": ("task1_masked_loss", "task2_sft_example")}
@@ -73,8 +73,7 @@ def grade_sample_class(lab: Lab, folder: Path, grading: Path, workers: int = 2) 
         threads=default_threads(workers),
         hidden=(str(folder),),
     )
-    with make_client(workers) as client:
-        results = sorted(grade_class(jobs, ResultStore(lab, grading), client), key=lambda result: result.student)
+    results = sorted(grade_jobs(jobs, ResultStore(lab, grading), workers), key=lambda result: result.student)
     write_report(lab, grading, grading)
     return results
 

@@ -105,7 +105,7 @@ def find_submissions(folder: Path, lab: Lab, **settings) -> list[GradeJob]:
     """
     jobs = []
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
+        if entry.name.startswith(".") or entry.name == "collect.json":  # collect's own summary
             continue
         if entry.is_dir():
             notebooks = sorted(entry.glob("*.ipynb"))

@@ -22,6 +22,7 @@ import shutil
 import sys
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -154,6 +155,28 @@ def grade_class(jobs: list[GradeJob], store: ResultStore, client=None) -> Iterat
         store.record(by_student[result.student], result)
         print(f"[{count}/{len(jobs)}] {result.student}: {result.status} {result.score}", file=sys.stderr, flush=True)
         yield result
+
+
+def grade_jobs(
+    jobs: list[GradeJob], store: ResultStore, workers: int = 1, scheduler: str | None = None, cluster: str = "local"
+) -> list[GradeResult]:
+    """Grade ``jobs`` into ``store``: in this process with one local worker, else on a dask cluster (closed after)."""
+    if not jobs or (workers == 1 and scheduler is None and cluster == "local"):
+        return list(grade_class(jobs, store))
+    with connected(workers, scheduler, cluster) as client:
+        return list(grade_class(jobs, store, client))
+
+
+@contextmanager
+def connected(workers: int, scheduler: str | None = None, cluster: str = "local") -> Iterator:
+    """A dask client (``make_client``) that is closed afterwards, with the cluster it started."""
+    client = make_client(workers, scheduler, cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        if scheduler is None and client.cluster is not None:
+            client.cluster.close()
 
 
 def _on_cluster(client, jobs: list[GradeJob]) -> Iterator[GradeResult]:

@@ -23,6 +23,7 @@ from autograder.course import Lab, read_source
 from autograder.grade import GRADED, UNREADABLE, Limits, find_submissions
 from autograder.release import release
 from autograder.report import hidden_lines, write_report
+from autograder.scheduler import ResultStore
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,7 @@ def leaks(lab: Lab, grading: Path, student: str) -> list[str]:
 
 def check_class(lab: Lab, expected: list[Expectation], grading: Path) -> list[tuple[str, str, str, bool]]:
     """Compare the grading folder with ``expected``: (student, expected, got, ok) per submission."""
-    lines = (grading / "results.jsonl").read_text(encoding="utf-8").splitlines()
-    latest = {record["student"]: record for record in map(json.loads, filter(None, lines))}
+    latest = ResultStore(lab, grading).latest()
     rows = []
     for want in expected:
         got = latest.get(want.student, {"status": "missing", "score": None, "reason": "no result"})
