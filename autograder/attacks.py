@@ -3,9 +3,10 @@
 Every attack submission is the lab solved honestly, except its last task, whose answer cell (or test
 cell) carries the attack. A contained attack therefore ends with exactly the honest score: full marks
 minus the last task's points (``expected_score``), status ``graded`` (or the explicit status an
-unparseable file gets), and no trace of hidden material in what the grader keeps. Each attack runs only
-under the limits it tests, with bounds that keep the machine safe even if a limit failed (the memory
-bomb asks for 4 GiB, the fork bomb for 400 sleeping processes, the flood prints 1 GiB).
+unparseable file gets), and no trace of hidden material in what the grader keeps. Attacks on a resource
+run under a lowered limit for it, with bounds that keep the machine safe even if the limit failed (the
+memory bomb asks for 4 GiB under 2 GiB, the fork bomb for 400 sleeping processes under 96); time limits
+are the lab's own (``metadata.posttrain.grading``), which its honest cells must fit in.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def {name}(*args, **kwargs):
 """
 
 ATTACKS = (
-    Attack("infinite_loop", "while True:\n    pass", limits={"cell_timeout": 10}),
+    Attack("infinite_loop", "while True:\n    pass"),  # under the lab's own cell time limit
     Attack("kernel_exit", "import os\nos._exit(0)"),
     Attack(
         "memory_bomb", "hog = bytearray(4 * 1024**3)\nhog[::4096] = b'x' * len(hog[::4096])", limits={"memory_mb": 2048}
@@ -59,7 +60,7 @@ ATTACKS = (
         "import os, time\nfor _ in range(400):\n    if os.fork() == 0:\n        time.sleep(20)\n        os._exit(0)",
         limits={"processes": 96},
     ),
-    Attack("print_flood", "chunk = 'x' * 2**20\nfor _ in range(1024):\n    print(chunk)", limits={"cell_timeout": 60}),
+    Attack("print_flood", "chunk = 'x' * 2**20\nfor _ in range(1024):\n    print(chunk)"),
     Attack(
         "huge_file",
         "with open('huge.bin', 'wb') as handle:\n    for _ in range(1024):\n        handle.write(bytes(2**20))",
