@@ -58,3 +58,43 @@ def forgetting_curves(
     fig.tight_layout()
     plt.show()
     return fig
+
+
+def learning_forgetting_plane(runs: list[dict], front: list[str], title: str) -> plt.Figure:
+    """Each run of Lab 02 as a point (new-task accuracy, mean old-skill drop), one marker per method family, and
+    the Pareto front as a line: the learning–forgetting plane of Biderman et al. 2024 (arXiv:2405.09673, fig. 5)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    families = list(dict.fromkeys(run["family"] for run in runs))
+    markers = "osD^v<>phX*"
+    for index, family in enumerate(families):
+        points = [(run["new_accuracy"], run["old_drop"]) for run in runs if run["family"] == family]
+        ax.scatter(*zip(*points, strict=True), marker=markers[index % len(markers)], s=36, label=family, alpha=0.85)
+    by_label = {run["label"]: run for run in runs}
+    line = sorted((by_label[label]["new_accuracy"], by_label[label]["old_drop"]) for label in front)
+    ax.plot(*zip(*line, strict=True), color="black", lw=1, ls="--", label="Pareto front")
+    ax.set_xlabel("new-task accuracy (learned)")
+    ax.set_ylabel("mean old-skill accuracy drop (forgotten)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    plt.show()
+    return fig
+
+
+def energy_curves(curves: dict[str, list[float]], lora_ranks: list[int], energy: float, title: str) -> plt.Figure:
+    """Cumulative share of ‖ΔW‖²_F held by the top k singular directions, averaged over the adapted matrices, for
+    each run in ``curves``; dotted lines mark the LoRA ranks and the ``energy`` level that defines effective rank."""
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for label, curve in curves.items():
+        ax.plot(range(1, len(curve) + 1), curve, label=label)
+    for rank in lora_ranks:
+        ax.axvline(rank, color="grey", lw=0.8, ls=":")
+    ax.axhline(energy, color="black", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("number of singular directions k")
+    ax.set_ylabel("share of ‖ΔW‖²_F in the top k")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    plt.show()
+    return fig

@@ -61,13 +61,18 @@ def tiny_forgetting_benchmark(new_task: str = "multiplication", n_per_skill: int
 
 
 def forgetting_benchmark(
-    profile: Profile, n_per_skill: int = 60, seed: int = 0, n_train: int = 2000, loader: Loader | None = None
+    profile: Profile,
+    n_per_skill: int = 60,
+    seed: int = 0,
+    n_train: int = 2000,
+    loader: Loader | None = None,
+    new_task: str = "multiplication",
 ) -> ForgettingBenchmark:
-    """The Lab 01 benchmark for ``profile``: the tiny world on ``tiny``; on ``colab`` ``n_train`` GSM8K
-    training pairs and hub evaluation sets drawn with ``seed`` (``loader`` replaces ``datasets.load_dataset``,
-    which is how the tests serve local fixtures)."""
+    """The forgetting benchmark for ``profile``: the tiny world with its ``new_task`` on ``tiny``; on ``colab``
+    ``n_train`` GSM8K training pairs and hub evaluation sets drawn with ``seed`` (``loader`` replaces
+    ``datasets.load_dataset``, which is how the tests serve local fixtures)."""
     if profile.name == "tiny":
-        return tiny_forgetting_benchmark(n_per_skill=n_per_skill)
+        return tiny_forgetting_benchmark(new_task, n_per_skill=n_per_skill)
     parts = colab_forgetting_benchmark(n_train=n_train, n_eval=n_per_skill, seed=seed, loader=loader)
     old = dict(parts["old_skills"])
     old["chat"] = as_chat_items([i for items in old.values() for i in items[::3]])
