@@ -16,7 +16,7 @@ from pathlib import Path
 from autograder.bench import run_grading_bench
 from autograder.collect import collect
 from autograder.course import REPO_ROOT, CourseError, Lab, all_labs, read_source, resolve_lab
-from autograder.demo import run_bench, run_demo
+from autograder.demo import run_bench, run_demo, run_lora_bench
 from autograder.grade import (
     GRADED,
     GRADING_SEED_ENV,
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="time the labs and the grader (docs/bench/*.json)")
     bench.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "bench", help="folder for the JSON files")
     bench.add_argument("--work", type=Path, default=Path("/tmp/posttrain-bench"), help="scratch folder")
-    bench.add_argument("--only", choices=("labs", "grading"), help="time only the labs or only the grader")
+    bench.add_argument("--only", choices=("labs", "lora", "grading"), help="time only the labs, LoRA or the grader")
     return parser
 
 
@@ -225,9 +225,11 @@ def main(argv: list[str] | None = None) -> int:
             return run_selftest(_labs(repo, args.lab), args.work, args)
         if args.command == "demo":
             return run_demo(repo, args.work)
-        if args.only != "grading":
+        if args.only in (None, "labs"):
             print(json.dumps(run_bench(repo, args.out, args.work), indent=1))
-        if args.only != "labs":
+        if args.only in (None, "lora"):
+            print(json.dumps(run_lora_bench(args.out), indent=1))
+        if args.only in (None, "grading"):
             print(json.dumps(run_grading_bench(args.out, args.work / "grading"), indent=1))
         return 0
     except (CourseError, NbgraderError, SandboxUnavailable, ClusterError) as exc:

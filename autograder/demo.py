@@ -24,7 +24,10 @@ from autograder.sandbox import SandboxUnavailable, check_sandbox
 from autograder.scheduler import ResultStore, default_threads, grade_jobs
 
 # Answer cells filled in the partly solved sample submission, per lab (the rest stays blank).
-PARTIAL_ANSWERS = {"01_finetune_and_forget": ("task1_masked_loss", "task2_sft_example")}
+PARTIAL_ANSWERS = {
+    "01_finetune_and_forget": ("task1_masked_loss", "task2_sft_example"),
+    "02_lora_and_regularization": ("task1_lora_forward", "task2_merge"),
+}
 
 
 def execute_solution(lab: Lab, work: Path, parameters: dict | None = None) -> tuple[Path, float]:
@@ -115,4 +118,22 @@ def run_bench(repo: Path, out_dir: Path, work: Path) -> dict[str, dict]:
     machine = {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "labs.json").write_text(json.dumps({"machine": machine, "labs": report}, indent=1) + "\n")
+    return report
+
+
+def run_lora_bench(out_dir: Path) -> dict:
+    """Time our LoRA's training step against PEFT's on the Lab 02 model and batch; write ``out_dir/lora.json``."""
+    import platform
+
+    import torch
+
+    from posttrain.profiles import resolve_profile
+    from posttrain.speed import lora_step_time
+    from posttrain.tasks import forgetting_benchmark
+
+    profile = resolve_profile(None)
+    report = lora_step_time(profile, forgetting_benchmark(profile, new_task="new_facts"))
+    report["machine"] = {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "lora.json").write_text(json.dumps(report, indent=1) + "\n")
     return report

@@ -167,6 +167,8 @@ def kernel_settings(job: GradeJob, root: Path) -> tuple[dict[str, str], list[str
         "MKL_NUM_THREADS": str(job.threads),
         "MPLBACKEND": "Agg",
         "HF_HUB_OFFLINE": "1",
+        # nbgrader scores a test cell 0 when it writes to stderr; a library's deprecation warning is not a failure
+        "PYTHONWARNINGS": "ignore",
         "PATH": prepend_path(Path(sys.executable).parent, "PATH"),
     }
     if job.grading_seed is not None:
