@@ -29,7 +29,7 @@ from pathlib import Path
 from nbgrader.api import Gradebook, MissingEntry
 from sqlalchemy.exc import SAWarning
 
-from autograder.course import Lab
+from autograder.course import CourseError, Lab
 from autograder.grade import (
     ERROR,
     GRADED,
@@ -83,11 +83,30 @@ class ResultStore:
         self.gradebook_url = f"sqlite:///{(folder / 'gradebook.db').resolve()}"
 
     def latest(self) -> dict[str, dict]:
-        """The last recorded result of each student."""
+        """The last recorded result of each student.
+
+        A run killed while appending leaves a last line without its newline; that line is cut off (the student is
+        graded again), so that the next result does not run into it. Any other line that is not JSON is an error.
+        """
         if not self.results.is_file():
             return {}
-        lines = self.results.read_text(encoding="utf-8").splitlines()
-        return {record["student"]: record for record in map(json.loads, filter(None, lines))}
+        text = self.results.read_text(encoding="utf-8")
+        if text and not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]
+            self.results.write_text(text, encoding="utf-8")
+        records = {}
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CourseError(
+                    f"{self.results}, line {number}: not valid JSON ({exc.msg}). Fix or delete that line; grading "
+                    "that student again appends a fresh one."
+                ) from exc
+            records[record["student"]] = record
+        return records
 
     def pending(self, jobs: list[GradeJob], regrade: bool = False) -> list[GradeJob]:
         """The jobs still to grade: all with ``regrade``, else those whose exact bytes have no final result."""

@@ -13,6 +13,7 @@ import pytest
 
 from autograder.course import REPO_ROOT, CourseError, Lab
 from autograder.report import REDACTED, failure_messages, read_results, write_report
+from autograder.scheduler import ResultStore
 
 LAB = Lab(REPO_ROOT, "01_finetune_and_forget")
 TESTS = [
@@ -208,3 +209,10 @@ def test_malformed_results_line_is_a_clear_error(tmp_path: Path, line: str, prob
     with pytest.raises(CourseError, match=r"results\.jsonl, line 3: malformed result") as excinfo:
         read_results(path)
     assert problem in str(excinfo.value) and "Fix or delete that line" in str(excinfo.value)
+
+
+def test_a_corrupt_line_in_the_middle_of_results_is_named(tmp_path: Path) -> None:
+    store = ResultStore(Lab(tmp_path, "00_mini"), tmp_path / "grading")
+    store.results.write_text('{"student": "a", "status": "graded"}\nnot json\n{"student": "b", "status": "graded"}\n')
+    with pytest.raises(CourseError, match=r"results\.jsonl, line 2: not valid JSON"):
+        store.latest()

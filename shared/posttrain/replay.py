@@ -1,0 +1,114 @@
+"""Lab 03 machinery: keep showing the model old behaviour while it learns the new task.
+
+- ``ReplayMixer`` mixes a fixed share of old examples into the training stream (experience replay; Rolnick et al.
+  2019, "Experience Replay for Continual Learning", arXiv:1811.11682), exactly and deterministically.
+- ``self_output_targets`` builds self-distillation fine-tuning (SDFT) targets (Yang et al. 2024, "Self-Distillation
+  Bridges Distribution Gap in Language Model Fine-Tuning", arXiv:2402.13669, sec. 3): the model rewrites each
+  reference answer in its own words, conditioned on the reference; a rewrite that fails a correctness check falls
+  back to the reference (``filter_rewrites``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+from .data import Example
+from .evaluate import Generation, generate
+from .world import HINT_WORD
+
+
+class ReplayMixer:
+    """A ``train(..., batch_mixer=...)`` hook that turns a share ``ratio`` of all training slots into old examples.
+
+    Slots are counted over the whole stream, batch after batch: slot i (from 1) holds an old example exactly when
+    ⌊i·ratio⌋ > ⌊(i−1)·ratio⌋, so after any n slots ⌊n·ratio⌋ of them were replayed, whatever the batch size. The
+    replayed slot's new example is dropped (the batch keeps its size, as in a fixed compute budget). Old examples
+    come in a shuffled order drawn from ``seed`` and cycle when exhausted; the ``rng`` from ``train`` is not used.
+    """
+
+    def __init__(self, old: Sequence[Example], ratio: float, seed: int = 0) -> None:
+        if not 0 <= ratio <= 1:
+            raise ValueError(f"the replay ratio is a share of the training stream in [0, 1], got {ratio}")
+        if ratio > 0 and not old:
+            raise ValueError("replay needs old examples: pass a non-empty list of old-task Examples")
+        self.old = list(old)
+        self.ratio = Fraction(ratio).limit_denominator(10_000)
+        self.slots = 0  # training slots seen so far
+        self.replayed = 0  # of which held an old example
+        self._order: list[int] = []
+        self._rng = random.Random(seed)
+
+    def _next_old(self) -> Example:
+        if not self._order:
+            self._order = list(range(len(self.old)))
+            self._rng.shuffle(self._order)
+        return self.old[self._order.pop()]
+
+    def __call__(self, batch: list[Example], rng: random.Random | None = None) -> list[Example]:
+        mixed = []
+        for example in batch:
+            self.slots += 1
+            if self.slots * self.ratio.numerator // self.ratio.denominator > self.replayed:
+                self.replayed += 1
+                mixed.append(self._next_old())
+            else:
+                mixed.append(example)
+        return mixed
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """One SDFT target: the model's ``rewrite`` of ``reference`` and whether it passed the check (``kept``)."""
+
+    user: str
+    reference: str
+    rewrite: str
+    kept: bool
+
+    @property
+    def target(self) -> str:
+        """What to train on: the rewrite when it passed the check, else the reference (SDFT's fallback)."""
+        return self.rewrite if self.kept else self.reference
+
+
+def restate_prompt(user: str, reference: str) -> str:
+    """The tiny world's rewrite prompt: the question, then the reference as a hint (``"... ? hint : <reference> ."``),
+    the format of the restate examples tiny-chat was trained on (``World.chat_sft_examples``)."""
+    return f"{user} {HINT_WORD} {reference} ."
+
+
+def words_from_reference(reference: str, rewrite: str) -> bool:
+    """A rewrite is correct when it is non-empty and every word of it occurs in the reference: it restates the
+    reference's content (the answer word) without adding any, e.g. "paris" for "... lives in the city of paris ..."."""
+    words = rewrite.split()
+    return bool(words) and set(words) <= set(reference.split())
+
+
+def filter_rewrites(
+    pairs: Sequence[tuple[str, str]], replies: Sequence[Generation], accept: Callable[[str, str], bool]
+) -> list[Rewrite]:
+    """Pair each (user, reference) with the model's reply; keep the reply when it ended its turn and
+    ``accept(reference, reply_text)`` holds, else mark it dropped (its target falls back to the reference)."""
+    if len(pairs) != len(replies):
+        raise ValueError(f"{len(pairs)} (user, reference) pairs but {len(replies)} replies")
+    return [
+        Rewrite(user, reference, reply.text, reply.stopped and accept(reference, reply.text))
+        for (user, reference), reply in zip(pairs, replies, strict=True)
+    ]
+
+
+def self_output_targets(
+    model,
+    tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    prompt: Callable[[str, str], str] = restate_prompt,
+    accept: Callable[[str, str], bool] = words_from_reference,
+    max_new_tokens: int = 16,
+) -> list[Rewrite]:
+    """SDFT targets for (user, reference) pairs: greedy-decode the model's reply to ``prompt(user, reference)`` and
+    keep it where ``accept(reference, reply)`` holds (arXiv:2402.13669, eq. 4 and its fallback to the reference)."""
+    replies = generate(model, tokenizer, [prompt(u, r) for u, r in pairs], max_new_tokens=max_new_tokens)
+    return filter_rewrites(pairs, replies, accept)
