@@ -10,7 +10,14 @@ import pytest
 from posttrain.data import Example
 from posttrain.evaluate import Generation
 from posttrain.models import load_model
-from posttrain.replay import ReplayMixer, filter_rewrites, restate_prompt, self_output_targets, words_from_reference
+from posttrain.replay import (
+    ReplayMixer,
+    filter_rewrites,
+    pseudo_replay_pairs,
+    restate_prompt,
+    self_output_targets,
+    words_from_reference,
+)
 from posttrain.world import World
 
 OLD = [Example([1, i], [1, i]) for i in range(7)]
@@ -73,3 +80,13 @@ def test_tiny_chat_rewrites_verbose_references_of_unseen_people_in_its_own_words
     assert restate_prompt("q ?", "ref") == "q ? hint : ref ."
     assert len(kept) >= 0.9 * len(rewrites), f"only {len(kept)} of {len(rewrites)} rewrites passed the check"
     assert all(r.rewrite == item.answer for r, item in zip(rewrites, items, strict=True) if r.kept)
+
+
+def test_pseudo_replay_answers_old_prompts_as_the_model_does():
+    model, tokenizer = load_model("tiny-chat", device="cpu")
+    world = World()
+    old = [item for name in ("refusal", "addition") for item in world.skills[name][:20]]
+    pairs = pseudo_replay_pairs(model, tokenizer, [item.prompt for item in old])
+    assert len(pairs) >= 38 and all(reply for _, reply in pairs)
+    answers = {item.prompt: item.answer for item in old}
+    assert sum(reply == answers[prompt] for prompt, reply in pairs) >= 0.9 * len(pairs)  # the model knew these

@@ -2,6 +2,9 @@
 
 - ``ReplayMixer`` mixes a fixed share of old examples into the training stream (experience replay; Rolnick et al.
   2019, "Experience Replay for Continual Learning", arXiv:1811.11682), exactly and deterministically.
+- ``pseudo_replay_pairs`` replays the model's *own* answers to old prompts, generated before training, when the old
+  reference answers are gone (pseudo-rehearsal; Robins 1995, "Catastrophic forgetting, rehearsal and
+  pseudorehearsal"; for LLMs, self-synthesized rehearsal, Huang et al. 2024, arXiv:2403.01244).
 - ``self_output_targets`` builds self-distillation fine-tuning (SDFT) targets (Yang et al. 2024, "Self-Distillation
   Bridges Distribution Gap in Language Model Fine-Tuning", arXiv:2402.13669, sec. 3): the model rewrites each
   reference answer in its own words, conditioned on the reference; a rewrite that fails a correctness check falls
@@ -112,3 +115,17 @@ def self_output_targets(
     keep it where ``accept(reference, reply)`` holds (arXiv:2402.13669, eq. 4 and its fallback to the reference)."""
     replies = generate(model, tokenizer, [prompt(u, r) for u, r in pairs], max_new_tokens=max_new_tokens)
     return filter_rewrites(pairs, replies, accept)
+
+
+def pseudo_replay_pairs(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 16) -> list[tuple[str, str]]:
+    """(prompt, reply) pairs of the model's greedy replies to old-task ``prompts``, for replay without old answers.
+
+    Call it *before* training: the replies are the old model's behaviour, which ``ReplayMixer`` then mixes back in.
+    Replies that never end their turn (or are empty) are dropped. In the tiny world the prompts come from the old
+    skills' prompt pool: tiny-chat was never trained on user turns, so it cannot invent prompts itself (sampled
+    after its user marker, it writes pre-training records such as "hugo fenn minsk baker black").
+    """
+    replies = generate(model, tokenizer, list(prompts), max_new_tokens=max_new_tokens)
+    return [
+        (prompt, reply.text) for prompt, reply in zip(prompts, replies, strict=True) if reply.stopped and reply.text
+    ]
