@@ -107,8 +107,31 @@ class Trajectory:
         return max(abs(m) for m in self.old_mean)
 
 
-def _replay_split(batch_size: int, replay: float) -> int:
-    return round(batch_size * replay)
+def _new_data_nll(model: Mixture, separation: float, batch_size: int, replay: float, generator) -> torch.Tensor:
+    """−mean log q over a batch from the data: a share ``replay`` from the old mode N(0, 1), the rest from N(Δ, 1)."""
+    samples = torch.randn(batch_size, generator=generator, dtype=torch.float64)
+    samples[round(batch_size * replay) :] += separation
+    return -model.log_prob(samples).mean()
+
+
+def _sampled_reverse_kl(model: Mixture, separation: float, batch_size: int, replay: float, generator) -> torch.Tensor:
+    """KL(q ‖ p*) estimated on a batch from the proposal r = (1 − ρ) q + ρ N(0, 1), each term weighted by q / r.
+
+    r is held fixed (no gradient), so E_r[(q / r)(log q − log p*)] = KL(q ‖ p*) and its gradient is the exact one for
+    every ρ: replayed old samples change the estimator's variance, not what it converges to.
+    """
+    n_old = round(batch_size * replay)
+    with torch.no_grad():
+        from_old = torch.rand(batch_size - n_old, generator=generator, dtype=torch.float64) < model.old_weight
+        means = torch.where(from_old, model.means[0], model.means[1])
+        noise = torch.randn(batch_size, generator=generator, dtype=torch.float64)
+        samples = torch.cat([means, torch.zeros(n_old, dtype=torch.float64)]) + noise
+        log_r = model.log_prob(samples)
+        if replay:
+            rho = torch.tensor(replay, dtype=torch.float64)
+            log_r = torch.logaddexp(torch.log1p(-rho) + log_r, torch.log(rho) + gaussian_log_pdf(samples, 0.0))
+    log_q = model.log_prob(samples)
+    return ((log_q - log_r).exp() * (log_q - mixture_log_prob(samples, 0.5, 0.0, separation))).mean()
 
 
 def train_mixture(
@@ -132,6 +155,8 @@ def train_mixture(
     """
     if objective not in ("forward", "reverse"):
         raise ValueError(f"objective must be 'forward' or 'reverse', got {objective!r}")
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
     if not 0 <= replay < 1:
         raise ValueError(f"replay is a share of the batch in [0, 1), got {replay}")
     generator = torch.Generator().manual_seed(seed)
@@ -147,35 +172,11 @@ def train_mixture(
         if step == steps:
             break
         if objective == "forward":
-            n = batch_size or 256
-            n_old = _replay_split(n, replay)
-            samples = torch.randn(n, generator=generator, dtype=torch.float64)
-            samples[n_old:] += separation
-            loss = -model.log_prob(samples).mean()
+            loss = _new_data_nll(model, separation, batch_size or 256, replay, generator)
         elif batch_size is None:
             loss = reverse_kl(model.log_prob(x), target, x)
         else:
-            n_old = _replay_split(batch_size, replay)
-            with torch.no_grad():
-                from_q = torch.rand(batch_size - n_old, generator=generator, dtype=torch.float64) < model.old_weight
-                means = torch.where(from_q, model.means[0], model.means[1])
-                samples = torch.cat(
-                    [
-                        means + torch.randn(len(means), generator=generator, dtype=torch.float64),
-                        torch.randn(n_old, generator=generator, dtype=torch.float64),
-                    ]
-                )
-                rho = torch.tensor(replay, dtype=torch.float64)
-                log_r = (
-                    torch.logaddexp(
-                        torch.log1p(-rho) + model.log_prob(samples), torch.log(rho) + gaussian_log_pdf(samples, 0.0)
-                    )
-                    if replay
-                    else model.log_prob(samples)
-                )
-            log_q = model.log_prob(samples)
-            weights = (log_q - log_r).exp()
-            loss = (weights * (log_q - mixture_log_prob(samples, 0.5, 0.0, separation))).mean()
+            loss = _sampled_reverse_kl(model, separation, batch_size, replay, generator)
         opt.zero_grad()
         loss.backward()
         opt.step()
