@@ -88,11 +88,14 @@ def run_demo(repo: Path, work: Path) -> int:
         executed, seconds = execute_solution(lab, work / "executed")
         results = work / "executed" / "results"
         print(f"executed {lab.name} in {seconds:.0f} s -> {executed}")
-        for path in sorted(results.glob("*.json")):
-            summary = json.loads(path.read_text())
-            for when in ("accuracy_before", "accuracy_after"):
-                row = ", ".join(f"{skill} {value:.2f}" for skill, value in summary.get(when, {}).items())
+        path = results / f"{lab.name.split('_')[0]}.json"
+        summary = json.loads(path.read_text()) if path.is_file() else {}
+        for when in ("accuracy_before", "accuracy_after"):
+            if when in summary:
+                row = ", ".join(f"{skill} {value:.2f}" for skill, value in summary[when].items())
                 print(f"  {path.name} {when}: {row}")
+        for family, best in summary.get("best_at_budget", {}).items():
+            print(f"  {path.name} best at the budget, {family}: new {best['new']:.2f}, old drop {best['old_drop']:.2f}")
     for path in release(labs):
         print(f"released {path.relative_to(repo)}")
     exit_code = 0
