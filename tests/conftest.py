@@ -74,3 +74,26 @@ def hub_loader(tmp_path_factory):
         return datasets.load_dataset("json", data_files=data_file, split="train", cache_dir=cache)
 
     return load
+
+
+@pytest.fixture
+def tiny_qwen2_dir(tmp_path, chatml_tokenizer) -> Path:
+    """A folder holding a tiny random Qwen2 (2 layers, hidden 32) and the ChatML tokenizer: the colab profile's
+    Qwen2.5-0.5B-Instruct in miniature, loadable offline with ``posttrain.models.load_model``."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(chatml_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        eos_token_id=chatml_tokenizer.eos_token_id,
+    )
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path)
+    chatml_tokenizer.save_pretrained(tmp_path)
+    return tmp_path

@@ -6,7 +6,6 @@ sample-wise table) is the code the notebook runs on a Colab GPU."""
 from __future__ import annotations
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from posttrain.forgetting import finetune_with_snapshots, sample_wise_table
 from posttrain.models import load_model
@@ -15,21 +14,8 @@ from posttrain.tasks import forgetting_benchmark
 from posttrain.train import TrainConfig
 
 
-def test_lab01_machinery_runs_on_the_colab_code_path(tmp_path, chatml_tokenizer, hub_loader):
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(chatml_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        eos_token_id=chatml_tokenizer.eos_token_id,
-    )
-    Qwen2ForCausalLM(config).save_pretrained(tmp_path)
-    chatml_tokenizer.save_pretrained(tmp_path)
-    model, tokenizer = load_model(str(tmp_path), device="cpu", dtype=torch.float32)
+def test_lab01_machinery_runs_on_the_colab_code_path(tiny_qwen2_dir, hub_loader):
+    model, tokenizer = load_model(str(tiny_qwen2_dir), device="cpu", dtype=torch.float32)
 
     bench = forgetting_benchmark(PROFILES["colab"], n_per_skill=3, seed=0, n_train=4, loader=hub_loader)
     assert set(bench.old_skills) == {"json_open", "refusal_open", "chat"}

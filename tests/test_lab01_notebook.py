@@ -1,5 +1,5 @@
-"""Lab 01 end to end: the executed solution shows the lab's claims, the student version is fresh, and the
-autograder gives the solution full marks, the blank release 0 and a partly solved notebook its exact share."""
+"""Lab 01 end to end: the executed solution shows the lab's claims (its sample class is graded in
+``test_sample_classes.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import pytest
 
 from autograder.course import REPO_ROOT, resolve_lab
-from autograder.demo import PARTIAL_ANSWERS, execute_solution, grade_sample_class, make_sample_class
+from autograder.demo import execute_solution
 
 pytestmark = pytest.mark.slow
 LAB = resolve_lab(REPO_ROOT, "01")
@@ -47,14 +47,3 @@ def test_solution_forgetting_grows_with_learning_rate(results):
     final = {float(lr): acc for lr, acc in results["sweep_final"].items()}
     low, high = min(final), max(final)
     assert final[high]["json"] + final[high]["refusal"] < final[low]["json"] + final[low]["refusal"]
-
-
-def test_sample_class_gets_exact_grades_in_the_sandbox_on_two_workers(tmp_path):
-    folder = make_sample_class(LAB, tmp_path / "class")
-    grades = {r.student: r for r in grade_sample_class(LAB, folder, tmp_path / "grading", workers=2)}
-    assert {s: r.status for s, r in grades.items()} == {"correct": "graded", "blank": "graded", "partial": "graded"}
-    assert grades["correct"].score == grades["correct"].max_score == 100
-    assert grades["blank"].score == 0
-    # Tasks 1 and 2 solved: their tests (15 + 15) and task 3, which the solved loss makes pass (10).
-    assert PARTIAL_ANSWERS[LAB.name] == ("task1_masked_loss", "task2_sft_example")
-    assert grades["partial"].score == 40

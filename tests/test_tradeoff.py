@@ -8,7 +8,6 @@ import dataclasses
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from posttrain.forgetting import Snapshot
 from posttrain.profiles import PROFILES
@@ -87,21 +86,8 @@ def test_energy_curve_of_a_rank_one_update_is_flat_at_one():
     assert len(curve) == 4 and curve[0] == pytest.approx(1.0, abs=1e-4)
 
 
-def test_lab02_sweep_runs_on_the_colab_code_path(tmp_path, chatml_tokenizer, hub_loader):
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(chatml_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        eos_token_id=chatml_tokenizer.eos_token_id,
-    )
-    Qwen2ForCausalLM(config).save_pretrained(tmp_path)
-    chatml_tokenizer.save_pretrained(tmp_path)
-    profile = dataclasses.replace(PROFILES["colab"], chat_model=str(tmp_path), max_new_tokens=4)
+def test_lab02_sweep_runs_on_the_colab_code_path(tiny_qwen2_dir, hub_loader):
+    profile = dataclasses.replace(PROFILES["colab"], chat_model=str(tiny_qwen2_dir), max_new_tokens=4)
     bench = forgetting_benchmark(profile, n_per_skill=2, seed=0, n_train=4, loader=hub_loader, new_task="new_facts")
     plan = Plan(
         budget=2,
