@@ -13,11 +13,10 @@ import time
 import torch
 
 from .data import chat_example
-from .lora import inject_lora
 from .models import load_model
 from .profiles import Profile
 from .tasks import ForgettingBenchmark
-from .tradeoff import projection_targets
+from .tradeoff import Method, adapt
 from .train import TrainConfig, train
 
 
@@ -25,14 +24,8 @@ def _seconds_per_step(
     profile: Profile, bench: ForgettingBenchmark, implementation: str, rank: int, config: TrainConfig
 ) -> float:
     model, tokenizer = load_model(profile.chat_model, dtype=torch.float32)
-    targets = projection_targets(model)
-    if implementation == "ours":
-        inject_lora(model, targets, r=rank, alpha=2 * rank, seed=config.seed)
-    else:
-        from peft import LoraConfig, get_peft_model
-
-        torch.manual_seed(config.seed)
-        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets))
+    kind = "lora" if implementation == "ours" else "peft-lora"
+    model = adapt(model, Method(kind, config.lr, config.steps, rank=rank), config.seed)
     examples = [chat_example(tokenizer, u, a) for u, a in bench.new_task_train]
     times: list[float] = []
     clock = [time.perf_counter()]

@@ -188,7 +188,19 @@ def old_task_examples(profile: Profile, bench: ForgettingBenchmark, n: int, seed
     return random.Random(seed).sample(pairs, min(n, len(pairs)))
 
 
-def _adapt(model: nn.Module, method: Method, seed: int) -> nn.Module:
+def ewc_fisher(profile: Profile, old_examples: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """EWC's weights b_j: the diagonal Fisher of the chat model on ``old_examples`` (mini-batches of 8, the
+    approximation ``diagonal_fisher`` documents), normalised to mean 1 so that λ means the same on every model."""
+    if not old_examples:
+        raise ValueError("EWC needs old-task examples for its Fisher information: pass old_examples")
+    model, tokenizer = load_model(profile.chat_model, dtype=torch.float32)
+    examples = [chat_example(tokenizer, u, a) for u, a in old_examples]
+    fisher = diagonal_fisher(model, examples, tokenizer.pad_token_id, batch_size=8)
+    mean = sum(f.sum() for f in fisher.values()) / sum(f.numel() for f in fisher.values())
+    return {name: f / mean for name, f in fisher.items()}
+
+
+def adapt(model: nn.Module, method: Method, seed: int) -> nn.Module:
     """Wrap ``model`` for ``method``: our LoRA or PEFT's on every projection; unchanged otherwise."""
     targets = projection_targets(model)
     if method.kind == "lora":
@@ -210,37 +222,31 @@ def run_method(
     seed: int = 0,
     batch_size: int = 32,
     grad_accum: int = 1,
-    old_examples: Sequence[tuple[str, str]] = (),
+    fisher: dict[str, torch.Tensor] | None = None,
     penalty: Callable[..., Penalty] | None = None,
     rank_fn: RankFn = effective_rank,
 ) -> RunResult:
     """Fine-tune a fresh ``profile.chat_model`` on ``bench``'s new task with ``method``; score it against ``before``.
 
-    L2-SP and EWC add λ/2 Σ_j b_j (θ_j − θ⁰_j)² to the loss (``posttrain.regularize``); EWC's b_j is the diagonal
-    Fisher of ``old_examples``, normalised to mean 1 so that λ means the same on every model (mini-batches of 8,
-    the approximation ``diagonal_fisher`` documents). ``penalty`` replaces the penalty builder, called as
+    L2-SP and EWC add λ/2 Σ_j b_j (θ_j − θ⁰_j)² to the loss (``posttrain.regularize``); EWC's b_j is ``fisher``
+    (``ewc_fisher``). ``penalty`` replaces the penalty builder, called as
     ``penalty(anchor, strength)`` for L2-SP and ``penalty(anchor, strength, fisher)`` for EWC (the notebook passes
     the student's). LoRA is merged before scoring; ``rank_fn`` measures every adapted matrix's ΔW.
     """
     seed_everything(seed)
     model, tokenizer = load_model(profile.chat_model, dtype=torch.float32)
-    start = {n: w for n, w in anchor(model).items() if any(f".{p}." in n for p in PROJECTIONS)}
+    centre = anchor(model)
+    start = {n: w for n, w in centre.items() if any(f".{p}." in n for p in PROJECTIONS)}
     extra_loss = None
-    if method.kind in ("l2sp", "ewc"):
-        centre = anchor(model)
-        if method.kind == "l2sp":
-            extra_loss = (penalty or l2_sp_penalty)(centre, method.strength)
-        else:
-            if not old_examples:
-                raise ValueError("EWC needs old-task examples for its Fisher information: pass old_examples")
-            examples = [chat_example(tokenizer, u, a) for u, a in old_examples]
-            fisher = diagonal_fisher(model, examples, tokenizer.pad_token_id, batch_size=8)
-            mean = sum(f.sum() for f in fisher.values()) / sum(f.numel() for f in fisher.values())
-            fisher = {name: f / mean for name, f in fisher.items()}
-            extra_loss = (
-                penalty(centre, method.strength, fisher) if penalty else ewc_penalty(centre, fisher, method.strength)
-            )
-    model = _adapt(model, method, seed)
+    if method.kind == "l2sp":
+        extra_loss = (penalty or l2_sp_penalty)(centre, method.strength)
+    elif method.kind == "ewc":
+        if fisher is None:
+            raise ValueError("an EWC run needs the Fisher information of the old task: pass fisher=ewc_fisher(...)")
+        extra_loss = (
+            penalty(centre, method.strength, fisher) if penalty else ewc_penalty(centre, fisher, method.strength)
+        )
+    model = adapt(model, method, seed)
     config = TrainConfig(
         steps=method.steps, lr=method.lr, batch_size=batch_size, grad_accum=grad_accum, seed=seed, progress=False
     )
@@ -310,13 +316,17 @@ def sweep(
     before = take_snapshot(model, tokenizer, bench, 0, with_mc=False, max_new_tokens=profile.max_new_tokens)
     del model
     builders = penalty_builders or {}
-    old = old_task_examples(profile, bench, plan.fisher_examples, seed)
+    fisher = (
+        ewc_fisher(profile, old_task_examples(profile, bench, plan.fisher_examples, seed))
+        if plan.ewc_strengths
+        else None
+    )
     common = {"seed": seed, "batch_size": plan.batch_size, "grad_accum": plan.grad_accum, "rank_fn": rank_fn}
     results: list[RunResult] = []
 
     def run(method: Method) -> None:
         penalty = builders.get(method.kind)
-        results.append(run_method(profile, bench, method, before, old_examples=old, penalty=penalty, **common))
+        results.append(run_method(profile, bench, method, before, fisher=fisher, penalty=penalty, **common))
         if progress is not None:
             progress(results[-1])
 
