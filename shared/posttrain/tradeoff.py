@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .data import chat_example
+from .evaluate import sample_wise
 from .forgetting import Snapshot, take_snapshot
 from .lora import find_targets, inject_lora, merge_lora
 from .models import load_model
@@ -153,10 +154,7 @@ def mean_old_drop(before: Snapshot, after: Snapshot) -> float:
 def mean_forgetting(before: Snapshot, after: Snapshot) -> float:
     """Mean over the old skills of the sample-wise forgetting F = #{i: right before, wrong after} / n
     (Harmon et al. 2025, arXiv:2510.17776; Lab 01)."""
-    return statistics.fmean(
-        sum(b and not a for b, a in zip(before.old[s], after.old[s], strict=True)) / len(before.old[s])
-        for s in before.old
-    )
+    return statistics.fmean(sample_wise(before.old[s], after.old[s]).forgetting for s in before.old)
 
 
 def mean_energy_curve(deltas: Iterable[torch.Tensor]) -> list[float]:
