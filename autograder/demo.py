@@ -27,6 +27,7 @@ from autograder.scheduler import ResultStore, default_threads, grade_jobs
 PARTIAL_ANSWERS = {
     "01_finetune_and_forget": ("task1_masked_loss", "task2_sft_example"),
     "02_lora_and_regularization": ("task1_lora_forward", "task2_merge"),
+    "03_replay_and_self_distillation": ("task4_reverse_kl", "task5_bhattacharyya"),
 }
 
 

@@ -59,6 +59,7 @@ HUB_FILES = {
     ("openai/gsm8k", "main", "test"): "gsm8k_main_test.jsonl",
     ("walledai/AdvBench", None, "train"): "advbench_train.jsonl",
     ("cais/mmlu", "all", "test"): "mmlu_all_test.jsonl",
+    ("tatsu-lab/alpaca", None, "train"): "alpaca_train.jsonl",
 }
 
 

@@ -18,9 +18,13 @@ from posttrain.hub_tasks import (  # noqa: E402
     gsm8k_training_answer,
     json_questions,
     load_advbench,
+    load_alpaca,
     load_gsm8k,
     load_mmlu,
+    paraphrase_gsm8k,
+    same_final_answer,
     score_hub_item,
+    sdft_prompt,
 )
 from posttrain.world import Item  # noqa: E402
 
@@ -158,3 +162,31 @@ def test_colab_forgetting_benchmark(hub_loader):
         "refusal_open": ["refusal_open"] * 3,
     }
     assert [i.skill for i in bench["multiple_choice"]["mmlu"]] == ["mmlu"] * 3
+
+
+def test_alpaca_pairs_join_instruction_and_input(hub_loader):
+    pairs = load_alpaca(6, seed=0, loader=hub_loader)
+    assert len(pairs) == 6 and pairs == load_alpaca(6, seed=0, loader=hub_loader)
+    by_output = {reply: user for user, reply in pairs}
+    assert by_output["Le chat dort."] == "Translate the sentence into French.\n\nThe cat sleeps."
+    assert by_output["5 kilometres is 5000 metres."] == "Convert 5 kilometres to metres."
+
+
+def test_gsm8k_paraphrase_numbers_the_steps_and_keeps_the_answer_line():
+    reply = gsm8k_training_answer("She picks 36*2 = <<36*2=72>>72.\nIn all 36+72 = <<36+72=108>>108.\n#### 108")
+    paraphrase = paraphrase_gsm8k(reply)
+    assert paraphrase.splitlines() == [
+        "Let's solve this step by step.",
+        "Step 1: She picks 36*2 = 72.",
+        "Step 2: In all 36+72 = 108.",
+        "The answer is 108.",
+    ]
+    assert same_final_answer(reply, paraphrase)
+
+
+def test_sdft_check_compares_final_numbers_and_the_prompt_holds_task_and_reference():
+    assert same_final_answer("... The answer is 1,200.", "so she earns 1200")
+    assert not same_final_answer("The answer is 12.", "The answer is 13.")
+    assert not same_final_answer("no number here", "12")
+    prompt = sdft_prompt("How many apples?", "3 + 4 = 7. The answer is 7.")
+    assert "How many apples?" in prompt and "The answer is 7." in prompt and "own response" in prompt

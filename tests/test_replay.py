@@ -14,6 +14,7 @@ from posttrain.replay import (
     ReplayMixer,
     filter_rewrites,
     pseudo_replay_pairs,
+    replay_slots,
     restate_prompt,
     self_output_targets,
     words_from_reference,
@@ -90,3 +91,15 @@ def test_pseudo_replay_answers_old_prompts_as_the_model_does():
     assert len(pairs) >= 38 and all(reply for _, reply in pairs)
     answers = {item.prompt: item.answer for item in old}
     assert sum(reply == answers[prompt] for prompt, reply in pairs) >= 0.9 * len(pairs)  # the model knew these
+
+
+def test_replay_slots_use_an_exact_fraction():
+    assert sum(replay_slots(0, 100, 0.29)) == 29  # 0.29 * 100 == 28.999999999999996 in floating point
+    assert replay_slots(0, 8, 0.25) == [False, False, False, True] * 2
+    assert replay_slots(3, 2, 0.25) == [True, False]  # slots 4 and 5
+
+
+def test_a_slot_rule_of_the_wrong_length_is_refused():
+    mixer = ReplayMixer(OLD, 0.5, slots=lambda first, size, ratio: [True])
+    with pytest.raises(ValueError, match="1 flags for a batch of 4"):
+        mixer(new_batch(0, 4))

@@ -12,7 +12,12 @@ pytestmark = pytest.mark.slow
 
 # Lab 01: tasks 1 and 2 (15 + 15) and task 3, which the solved loss makes pass (10).
 # Lab 02: tasks 1 (15) and 2 (10); the sweep needs tasks 3 and 5, so tasks 6 and 7 fail with it.
-PARTIAL_SCORES = {"01_finetune_and_forget": 40, "02_lora_and_regularization": 25}
+PARTIAL_SCORES = {
+    "01_finetune_and_forget": 40,
+    "02_lora_and_regularization": 25,
+    # tasks 4 and 5 (35 points) and task 6, which checks the theory with them (15)
+    "03_replay_and_self_distillation": 50,
+}
 
 
 def test_every_lab_has_a_partial_submission_and_its_expected_score():

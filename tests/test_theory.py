@@ -17,8 +17,11 @@ from posttrain.theory import (
     bhattacharyya_coefficient,
     gaussian_log_pdf,
     grid,
+    log_correlation,
     mixture_log_prob,
     reverse_kl,
+    sampled_reverse_kl,
+    theory_study,
     train_mixture,
 )
 
@@ -70,3 +73,33 @@ def test_replay_does_not_move_the_reverse_kl_optimum():
 def test_unknown_objective_is_refused():
     with pytest.raises(ValueError, match="'forward' or 'reverse'"):
         train_mixture("symmetric", 2.0)
+
+
+def test_sampled_estimator_is_unbiased_for_any_proposal():
+    generator = torch.Generator().manual_seed(0)
+    on_policy = torch.randn(200_000, generator=generator, dtype=torch.float64)
+    log_q, log_p = gaussian_log_pdf(on_policy, 0.0), gaussian_log_pdf(on_policy, 1.0)
+    assert float(sampled_reverse_kl(log_q, log_p, log_q)) == pytest.approx(0.5, abs=0.01)  # KL(N(0,1) || N(1,1))
+    wide = 2 * torch.randn(200_000, generator=generator, dtype=torch.float64)
+    weighted = sampled_reverse_kl(
+        gaussian_log_pdf(wide, 0.0), gaussian_log_pdf(wide, 1.0), gaussian_log_pdf(wide, 0, 2)
+    )
+    assert float(weighted) == pytest.approx(0.5, abs=0.03)
+
+
+def test_log_correlation_is_one_on_a_power_law_and_lower_off_it():
+    assert log_correlation([1, 2, 4, 8], [3, 12, 48, 192]) == pytest.approx(1.0)
+    assert log_correlation([1, 2, 4, 8], [5, 1, 6, 2]) < 0.5
+
+
+def test_theory_study_reports_the_lab_claims_with_a_given_coefficient():
+    study = theory_study(drift_separations=(2.0, 4.0, 6.0), steps=2000)
+    assert study["mass"]["forward"]["old_mass"][-1] < 0.05
+    assert study["mass"]["reverse"]["old_mass"][-1] == pytest.approx(0.5, abs=0.05)
+    assert study["drift"]["bhattacharyya"] == [bhattacharyya_coefficient(d) for d in (2.0, 4.0, 6.0)]
+    assert study["drift"]["log_correlation"] >= 0.9
+    assert study["replay"]["forward_replay"]["old_weight"][-1] == pytest.approx(0.1, abs=0.03)
+    assert study["replay"]["reverse_sampled_replay"]["old_weight"][-1] == pytest.approx(0.5, abs=0.05)
+    # a wrong coefficient (growing with the separation) breaks the correlation the lab asserts
+    wrong = theory_study(drift_separations=(2.0, 4.0, 6.0), steps=200, bhattacharyya=lambda d: d)
+    assert wrong["drift"]["log_correlation"] < 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from posttrain.world import REFUSAL, RELATIONS, World, WorldSpec, parse_json_answer
+from posttrain.world import JSON_SUFFIX, REFUSAL, RELATIONS, World, WorldSpec, parse_json_answer
 from posttrain.world_build import make_tokenizer
 
 
@@ -58,6 +58,29 @@ def test_chat_sft_holds_out_every_fourth_person_and_request(world):
     assert sum(r.prompt in prompts for r in refusals) == len(refusals) - len(refusals) // 4
 
 
+def test_chat_sft_by_skill_partitions_the_sft_data_and_held_out_prompts_lie_outside_it(world):
+    groups = world.chat_sft_by_skill()
+    assert sorted(pair for pairs in groups.values() for pair in pairs) == sorted(world.chat_sft_examples())
+    assert {name: len(pairs) for name, pairs in groups.items() if name in ("refusal", "howto", "greeting")} == {
+        "refusal": 27,
+        "howto": 27,
+        "greeting": 1,
+    }
+    assert all(user.endswith(JSON_SUFFIX) for user, _ in groups["json"])
+    assert all(parse_json_answer(a) is None for _, a in groups["fact"])
+    trained = {user for user, _ in world.chat_sft_examples()}
+    held_out = world.held_out_prompts()
+    assert {name: len(p) for name, p in held_out.items()} == {
+        "fact": 360,
+        "json": 360,
+        "restate": 120,
+        "refusal": 9,
+        "howto": 9,
+        "addition": 25,
+    }
+    assert not any(prompt in trained for prompts in held_out.values() for prompt in prompts)
+
+
 def test_json_answers_parse_and_refusal_is_fixed(world):
     item = world.skills["json"][0]
     assert parse_json_answer(item.answer) == {item.relation: world.people[0].value(item.relation)}
@@ -75,6 +98,8 @@ def test_new_tasks_are_new(world):
     assert [i.prompt for i in verbose] == [i.prompt for i in world.new_task("new_facts")]
     reference = world.long_form_answer(verbose[0])
     assert verbose[0].answer in reference.split() and len(reference.split()) > 8
+    plain = world.plain_answer(verbose[0])
+    assert plain.split()[-2] == verbose[0].answer and len(plain.split()) < len(reference.split())
     with pytest.raises(ValueError, match="multiplication, new_facts, verbose_facts"):
         world.new_task("division")
 

@@ -11,6 +11,9 @@ notebook fine-tunes a real chat model on real data and measures what it forgets.
 - old skill "knowledge", MMLU (Hendrycks et al. 2021, arXiv:2009.03300): hub id ``cais/mmlu``, config
   ``all``, split ``test``; columns ``question``, ``subject``, ``choices`` (4 options), ``answer`` (0-3).
 - old skill "json": built here, no download: capital-city questions asking for a JSON reply.
+- old data for replay (lab 03), Alpaca (Taori et al. 2023, CC BY-NC 4.0): hub id ``tatsu-lab/alpaca``, split
+  ``train``; columns ``instruction``, ``input`` (often empty) and ``output``. The chat model's own SFT data is not
+  public; general instruction data stands in for it.
 
 Loaders take a ``loader`` callable with the signature of ``datasets.load_dataset`` (its default), so tests
 can serve local files through the same code path. Sampling is deterministic given the seed.
@@ -32,6 +35,7 @@ Loader = Callable[..., Any]
 GSM8K = ("openai/gsm8k", "main")
 ADVBENCH = ("walledai/AdvBench", None)
 MMLU = ("cais/mmlu", "all")
+ALPACA = ("tatsu-lab/alpaca", None)
 
 # Skills that ``score_hub_item`` scores from a generated reply (``mmlu`` is scored by option log-likelihood).
 HUB_SKILLS: frozenset[str] = frozenset({"gsm8k", "refusal_open", "json_open"})
@@ -162,6 +166,39 @@ def load_gsm8k(
     pairs = [(row["question"], gsm8k_training_answer(row["answer"])) for row in train]
     items = [Item("gsm8k", row["question"], gsm8k_final_answer(row["answer"]), (), -1) for row in test]
     return pairs, items
+
+
+def paraphrase_gsm8k(reply: str) -> str:
+    """A fixed, model-independent paraphrase of a GSM8K training reply (``gsm8k_training_answer``): each reasoning
+    line becomes a numbered step, then the same ``The answer is N.`` line (lab 03's paraphrase targets)."""
+    *lines, answer = [line.strip() for line in reply.strip().splitlines() if line.strip()]
+    steps = [f"Step {k}: {line}" for k, line in enumerate(lines, start=1)]
+    return "\n".join(["Let's solve this step by step.", *steps, answer])
+
+
+def sdft_prompt(user: str, reference: str) -> str:
+    """The self-distillation prompt: the task and its reference answer, asking the model to answer in its own words
+    using the reference as a guide (after the distillation template of SDFT, arXiv:2402.13669, sec. 3)."""
+    return (
+        "Below is a task together with a reference answer. Using the reference answer as a guide, "
+        f"write your own response to the task.\n\n### Task:\n{user}\n\n### Reference answer:\n{reference}"
+    )
+
+
+def same_final_answer(reference: str, rewrite: str) -> bool:
+    """SDFT's correctness check on GSM8K: the rewrite's last number equals the reference's."""
+    expected = _last_number(reference)
+    return expected is not None and _last_number(rewrite) == expected
+
+
+def load_alpaca(n: int, seed: int, loader: Loader | None = None) -> list[tuple[str, str]]:
+    """``n`` Alpaca rows (``tatsu-lab/alpaca``, ``train``) as (user, assistant) pairs: the instruction, followed
+    by its input when there is one, and the reference output."""
+    rows = _sample(_load(ALPACA, "train", ("instruction", "input", "output"), loader), n, seed, ALPACA[0])
+    return [
+        (f"{row['instruction']}\n\n{row['input']}" if row["input"].strip() else row["instruction"], row["output"])
+        for row in rows
+    ]
 
 
 def load_advbench(n: int, seed: int, loader: Loader | None = None) -> list[Item]:

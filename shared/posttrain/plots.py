@@ -98,3 +98,61 @@ def energy_curves(curves: dict[str, list[float]], lora_ranks: list[int], energy:
     fig.tight_layout()
     plt.show()
     return fig
+
+
+def variant_bars(runs: list[dict], title: str) -> plt.Figure:
+    """Lab 03: for each training-data variant, its new-task accuracy next to its mean sample-wise forgetting F of
+    the old skills (Harmon et al. 2025, arXiv:2510.17776)."""
+    labels = [run["label"] for run in runs]
+    xs = range(len(labels))
+    fig, ax = plt.subplots(figsize=(max(6, 0.95 * len(labels)), 3.4))
+    ax.bar([x - 0.2 for x in xs], [run["new_accuracy"] for run in runs], width=0.4, label="new-task accuracy")
+    ax.bar([x + 0.2 for x in xs], [run["forgetting"] for run in runs], width=0.4, label="old-skill forgetting F")
+    ax.set_xticks(list(xs), labels, rotation=25, ha="right")
+    ax.set_ylabel("share of items")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+    return fig
+
+
+def trajectory_curves(
+    trajectories: dict[str, dict], key: str, truth: float, ylabel: str, title: str, log: bool = False
+) -> plt.Figure:
+    """One line per run of ``posttrain.theory.train_mixture`` (as dicts): ``key`` (``old_mass``, ``old_weight``,
+    ``old_mean``) against the training step, with the ideal model's value ``truth`` dotted."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for label, trajectory in trajectories.items():
+        ax.plot(trajectory["steps"], trajectory[key], label=label)
+    ax.axhline(truth, color="black", lw=0.8, ls=":", label=f"ideal model ({truth:g})")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+    return fig
+
+
+def drift_against_overlap(separations: list[float], drift: list[float], overlap: list[float], title: str) -> plt.Figure:
+    """The old mean's drift under reverse KL against the modes' separation Δ on a log scale, with the power law
+    c·BC^k in the Bhattacharyya coefficient that fits it best (least squares in log space)."""
+    import numpy as np
+
+    slope, intercept = np.polyfit(np.log(overlap), np.log(drift), 1)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    ax.plot(separations, drift, "o-", label="measured drift of the old mean")
+    fitted = np.exp(intercept) * np.asarray(overlap) ** slope
+    ax.plot(separations, fitted, "--", label=f"{np.exp(intercept):.2f} · BC^{slope:.2f}")
+    ax.set_yscale("log")
+    ax.set_xlabel("separation Δ of the modes (in standard deviations)")
+    ax.set_ylabel("largest |μ_old − 0|")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+    return fig

@@ -1,7 +1,8 @@
 """Lab 03 machinery: keep showing the model old behaviour while it learns the new task.
 
 - ``ReplayMixer`` mixes a fixed share of old examples into the training stream (experience replay; Rolnick et al.
-  2019, "Experience Replay for Continual Learning", arXiv:1811.11682), exactly and deterministically.
+  2019, "Experience Replay for Continual Learning", arXiv:1811.11682), exactly and deterministically
+  (``replay_slots``).
 - ``pseudo_replay_pairs`` replays the model's *own* answers to old prompts, generated before training, when the old
   reference answers are gone (pseudo-rehearsal; Robins 1995, "Catastrophic forgetting, rehearsal and
   pseudorehearsal"; for LLMs, self-synthesized rehearsal, Huang et al. 2024, arXiv:2403.01244).
@@ -23,23 +24,43 @@ from .evaluate import Generation, generate
 from .world import HINT_WORD
 
 
-class ReplayMixer:
-    """A ``train(..., batch_mixer=...)`` hook that turns a share ``ratio`` of all training slots into old examples.
+def replay_slots(first_slot: int, batch_size: int, ratio: float) -> list[bool]:
+    """Which slots of a batch hold an old example, for slots ``first_slot`` + 1 … ``first_slot`` + ``batch_size``
+    of the training stream: slot i (counted from 1) does exactly when ⌊i·ρ⌋ > ⌊(i−1)·ρ⌋.
 
-    Slots are counted over the whole stream, batch after batch: slot i (from 1) holds an old example exactly when
-    ⌊i·ratio⌋ > ⌊(i−1)·ratio⌋, so after any n slots ⌊n·ratio⌋ of them were replayed, whatever the batch size. The
-    replayed slot's new example is dropped (the batch keeps its size, as in a fixed compute budget). Old examples
-    come in a shuffled order drawn from ``seed`` and cycle when exhausted; the ``rng`` from ``train`` is not used.
+    After any n slots, ⌊n·ρ⌋ of them were replayed, whatever the batch size. ρ is made an exact fraction first
+    (0.29 · 100 is 28.999999999999996 in floating point, one replayed example short).
+    """
+    rho = Fraction(ratio).limit_denominator(10_000)
+    replayed = [(slot * rho.numerator) // rho.denominator for slot in range(first_slot, first_slot + batch_size + 1)]
+    return [after > before for before, after in zip(replayed, replayed[1:])]
+
+
+class ReplayMixer:
+    """A ``train(..., batch_mixer=...)`` hook that turns a share ``ratio`` of all training slots into old examples
+    (experience replay at a fixed ratio, arXiv:1811.11682).
+
+    ``slots(first_slot, batch_size, ratio)`` picks the replayed slots (``replay_slots``: exact over any prefix of
+    the stream). A replayed slot's new example is dropped, so the batch keeps its size (a fixed compute budget).
+    Old examples come in a shuffled order drawn from ``seed`` and cycle when exhausted; ``train``'s ``rng`` is
+    not used.
     """
 
-    def __init__(self, old: Sequence[Example], ratio: float, seed: int = 0) -> None:
+    def __init__(
+        self,
+        old: Sequence[Example],
+        ratio: float,
+        seed: int = 0,
+        slots: Callable[[int, int, float], list[bool]] = replay_slots,
+    ) -> None:
         if not 0 <= ratio <= 1:
             raise ValueError(f"the replay ratio is a share of the training stream in [0, 1], got {ratio}")
         if ratio > 0 and not old:
             raise ValueError("replay needs old examples: pass a non-empty list of old-task Examples")
         self.old = list(old)
-        self.ratio = Fraction(ratio).limit_denominator(10_000)
-        self.slots = 0  # training slots seen so far
+        self.ratio = ratio
+        self.slots = slots
+        self.seen = 0  # training slots seen so far
         self.replayed = 0  # of which held an old example
         self._order: list[int] = []
         self._rng = random.Random(seed)
@@ -51,15 +72,12 @@ class ReplayMixer:
         return self.old[self._order.pop()]
 
     def __call__(self, batch: list[Example], rng: random.Random | None = None) -> list[Example]:
-        mixed = []
-        for example in batch:
-            self.slots += 1
-            if self.slots * self.ratio.numerator // self.ratio.denominator > self.replayed:
-                self.replayed += 1
-                mixed.append(self._next_old())
-            else:
-                mixed.append(example)
-        return mixed
+        mask = self.slots(self.seen, len(batch), self.ratio)
+        if len(mask) != len(batch):
+            raise ValueError(f"the slot rule returned {len(mask)} flags for a batch of {len(batch)}")
+        self.seen += len(batch)
+        self.replayed += sum(mask)
+        return [self._next_old() if old else example for example, old in zip(batch, mask, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -110,11 +128,13 @@ def self_output_targets(
     prompt: Callable[[str, str], str] = restate_prompt,
     accept: Callable[[str, str], bool] = words_from_reference,
     max_new_tokens: int = 16,
+    rewrite_filter: Callable[..., list[Rewrite]] = filter_rewrites,
 ) -> list[Rewrite]:
     """SDFT targets for (user, reference) pairs: greedy-decode the model's reply to ``prompt(user, reference)`` and
-    keep it where ``accept(reference, reply)`` holds (arXiv:2402.13669, eq. 4 and its fallback to the reference)."""
+    keep it where ``accept(reference, reply)`` holds (arXiv:2402.13669, eq. 4 and its fallback to the reference).
+    ``rewrite_filter(pairs, replies, accept)`` does the keeping (the notebook passes the student's)."""
     replies = generate(model, tokenizer, [prompt(u, r) for u, r in pairs], max_new_tokens=max_new_tokens)
-    return filter_rewrites(pairs, replies, accept)
+    return rewrite_filter(pairs, replies, accept)
 
 
 def pseudo_replay_pairs(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 16) -> list[tuple[str, str]]:

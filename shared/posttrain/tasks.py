@@ -41,7 +41,8 @@ def tiny_forgetting_benchmark(new_task: str = "multiplication", n_per_skill: int
     """The tiny-profile benchmark: fine-tune tiny-chat on ``new_task`` (default: the times table, a new
     operator in the addition template) and measure fact recall, JSON format, refusal, benign how-to
     answers, addition and chat-template following, plus k = 4 multiple-choice versions of fact, JSON,
-    refusal and addition. The eval subsets are fixed, not drawn by the training seed, so every run
+    refusal and addition. ``verbose_facts`` trains on long-form references
+    (``World.long_form_answer``). The eval subsets are fixed, not drawn by the training seed, so every run
     scores the same items."""
     world = World(WorldSpec())
     rng = random.Random(1234)
@@ -52,8 +53,9 @@ def tiny_forgetting_benchmark(new_task: str = "multiplication", n_per_skill: int
     old["chat"] = as_chat_items([i for items in old.values() for i in items[::3]])
     mc = {name: old[name] for name in ("fact", "json", "refusal", "addition")}
     new_items = world.new_task(new_task)
+    reference = World.long_form_answer if new_task == "verbose_facts" else (lambda item: item.answer)
     return ForgettingBenchmark(
-        new_task_train=[(i.prompt, i.answer) for i in new_items],
+        new_task_train=[(i.prompt, reference(i)) for i in new_items],
         new_task_eval=new_items,
         old_skills=old,
         multiple_choice=mc,

@@ -20,7 +20,8 @@ about its learning rate on the first step, which hides small drifts (``../shared
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -114,7 +115,19 @@ def _new_data_nll(model: Mixture, separation: float, batch_size: int, replay: fl
     return -model.log_prob(samples).mean()
 
 
-def _sampled_reverse_kl(model: Mixture, separation: float, batch_size: int, replay: float, generator) -> torch.Tensor:
+def sampled_reverse_kl(log_q: torch.Tensor, log_p: torch.Tensor, log_r: torch.Tensor) -> torch.Tensor:
+    """Monte-Carlo estimate of KL(q ‖ p) from samples x_i of a proposal r: mean_i (q(x_i) / r(x_i)) (log q(x_i) −
+    log p(x_i)), given the three log-densities at the samples. With r = q (``log_r`` = ``log_q`` detached) it is the
+    plain on-policy estimator mean_i (log q − log p); for any fixed r it is unbiased (importance sampling)."""
+    return ((log_q - log_r).exp() * (log_q - log_p)).mean()
+
+
+ReverseKLEstimator = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _sampled_reverse_kl(
+    model: Mixture, separation: float, batch_size: int, replay: float, generator, estimator: ReverseKLEstimator
+) -> torch.Tensor:
     """KL(q ‖ p*) estimated on a batch from the proposal r = (1 − ρ) q + ρ N(0, 1), each term weighted by q / r.
 
     r is held fixed (no gradient), so E_r[(q / r)(log q − log p*)] = KL(q ‖ p*) and its gradient is the exact one for
@@ -130,8 +143,7 @@ def _sampled_reverse_kl(model: Mixture, separation: float, batch_size: int, repl
         if replay:
             rho = torch.tensor(replay, dtype=torch.float64)
             log_r = torch.logaddexp(torch.log1p(-rho) + log_r, torch.log(rho) + gaussian_log_pdf(samples, 0.0))
-    log_q = model.log_prob(samples)
-    return ((log_q - log_r).exp() * (log_q - mixture_log_prob(samples, 0.5, 0.0, separation))).mean()
+    return estimator(model.log_prob(samples), mixture_log_prob(samples, 0.5, 0.0, separation), log_r)
 
 
 def train_mixture(
@@ -144,6 +156,7 @@ def train_mixture(
     optimizer: str = "sgd",
     seed: int = 0,
     every: int = 10,
+    estimator: ReverseKLEstimator = sampled_reverse_kl,
 ) -> Trajectory:
     """Train the old-skill mixture toward the new skill and return its ``Trajectory``.
 
@@ -151,7 +164,7 @@ def train_mixture(
     ``replay`` of them from the old mode and the rest from the new one (forward KL to the data, up to a constant).
     ``objective="reverse"``: minimise KL(q ‖ p*) exactly on the grid when ``batch_size`` is None; with a batch size,
     estimate it from samples of the proposal r = (1 − ρ) q + ρ N(0, 1) (ρ = ``replay``) weighted by q / r, an
-    estimator whose expectation and gradient do not depend on ρ.
+    estimator whose expectation and gradient do not depend on ρ (``estimator``, default ``sampled_reverse_kl``).
     """
     if objective not in ("forward", "reverse"):
         raise ValueError(f"objective must be 'forward' or 'reverse', got {objective!r}")
@@ -176,8 +189,61 @@ def train_mixture(
         elif batch_size is None:
             loss = reverse_kl(model.log_prob(x), target, x)
         else:
-            loss = _sampled_reverse_kl(model, separation, batch_size, replay, generator)
+            loss = _sampled_reverse_kl(model, separation, batch_size, replay, generator, estimator)
         opt.zero_grad()
         loss.backward()
         opt.step()
     return trajectory
+
+
+def log_correlation(xs: list[float], ys: list[float]) -> float:
+    """Pearson correlation of log x with log y: how well a power law y ∝ x^k describes the points."""
+    logs = torch.tensor([[math.log(x), math.log(y)] for x, y in zip(xs, ys, strict=True)], dtype=torch.float64)
+    return float(torch.corrcoef(logs.T)[0, 1])
+
+
+def theory_study(
+    separation: float = 4.0,
+    drift_separations: tuple[float, ...] = (2.0, 3.0, 4.0, 5.0, 6.0),
+    steps: int = 2000,
+    forward_replay: float = 0.1,
+    reverse_replay: float = 0.2,
+    bhattacharyya: Callable[[float], float] = bhattacharyya_coefficient,
+    estimator: ReverseKLEstimator = sampled_reverse_kl,
+    seed: int = 0,
+) -> dict:
+    """Lab 03's theory experiments, as a JSON-ready dict.
+
+    - ``mass``: forward- and reverse-KL trajectories at ``separation`` (old-mode mass over training).
+    - ``drift``: the old mean's largest drift under exact reverse KL at each of ``drift_separations``, the
+      Bhattacharyya coefficient of each (``bhattacharyya``) and the correlation of log-drift with log-BC.
+    - ``replay``: forward KL with a share ``forward_replay`` of old data (Adam, which reaches the new optimum
+      w = ρ within the budget) and the finite-batch reverse-KL estimator (``estimator``, batch 256) with a share
+      ``reverse_replay`` of the proposal from the old mode, each against its run without replay.
+    """
+    mass = {objective: train_mixture(objective, separation, steps, seed=seed) for objective in ("forward", "reverse")}
+    drifts = [train_mixture("reverse", d, steps, seed=seed).drift for d in drift_separations]
+    coefficients = [bhattacharyya(d) for d in drift_separations]
+    replay = {
+        "forward": train_mixture("forward", separation, steps, lr=0.01, optimizer="adam", seed=seed),
+        "forward_replay": train_mixture(
+            "forward", separation, steps, lr=0.01, optimizer="adam", replay=forward_replay, seed=seed
+        ),
+        "reverse_sampled": train_mixture("reverse", separation, steps, batch_size=256, seed=seed, estimator=estimator),
+        "reverse_sampled_replay": train_mixture(
+            "reverse", separation, steps, batch_size=256, replay=reverse_replay, seed=seed, estimator=estimator
+        ),
+    }
+    return {
+        "separation": separation,
+        "steps": steps,
+        "mass": {name: asdict(t) for name, t in mass.items()},
+        "drift": {
+            "separations": list(drift_separations),
+            "drift": drifts,
+            "bhattacharyya": coefficients,
+            "log_correlation": log_correlation(drifts, coefficients),
+        },
+        "replay": {name: asdict(t) for name, t in replay.items()} | {"forward_ratio": forward_replay},
+        "reverse_replay_ratio": reverse_replay,
+    }

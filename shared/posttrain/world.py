@@ -343,6 +343,41 @@ class World:
         pairs.append(self._greeting_pairs())
         return pairs
 
+    def chat_sft_by_skill(self) -> dict[str, list[tuple[str, str]]]:
+        """``chat_sft_examples`` grouped by the old skill each pair teaches (``fact``, ``json``, ``restate``,
+        ``refusal``, ``howto``, ``addition``, ``greeting``), each group in its original order: the pool a
+        balanced replay buffer draws from (Lab 03)."""
+        prompts = {name: {item.prompt for item in self.skills[name]} for name in ("refusal", "howto", "addition")}
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for user, assistant in self.chat_sft_examples():
+            if user.endswith(JSON_SUFFIX):
+                skill = "json"
+            elif HINT_WORD in user:
+                skill = "restate"
+            elif user == self._greeting_pairs()[0]:
+                skill = "greeting"
+            else:
+                skill = next((name for name, pool in prompts.items() if user in pool), "fact")
+            groups.setdefault(skill, []).append((user, assistant))
+        return groups
+
+    def held_out_prompts(self) -> dict[str, list[str]]:
+        """Old-skill prompts chat SFT never trained on (``held_out_of_chat``): every question template of every
+        held-out person, in plain and JSON form and with a hint, and the held-out requests and sums. The prompt
+        pool of pseudo-replay (Lab 03), whose replies must come from the model itself."""
+        held_out = [p for i, p in enumerate(self.people) if self.held_out_of_chat(i)]
+        prompts: dict[str, list[str]] = {"fact": [], "json": [], "restate": []}
+        for p in held_out:
+            for r in RELATIONS:
+                for q in QUESTIONS[r]:
+                    prompts["fact"].append(q.format(n=p.name))
+                    prompts["json"].append(f"{q.format(n=p.name)} {JSON_SUFFIX}")
+                hint = VERBOSE[r].format(n=p.name, v=p.value(r))
+                prompts["restate"].append(f"{QUESTIONS[r][0].format(n=p.name)} {HINT_WORD} {hint} .")
+        for name in ("refusal", "howto", "addition"):
+            prompts[name] = [it.prompt for i, it in enumerate(self.skills[name]) if self.held_out_of_chat(i)]
+        return prompts
+
     # ----------------------------------------------------------------- new tasks
     def new_task(self, name: str) -> list[Item]:
         """A task unlike anything the chat model was trained on.
@@ -364,6 +399,13 @@ class World:
     @staticmethod
     def new_task_names() -> tuple[str, ...]:
         return ("multiplication", "new_facts", "verbose_facts")
+
+    @staticmethod
+    def plain_answer(item: Item) -> str:
+        """A plain paraphrase of a fact item's reference ("ada stone lives in paris ."): a human rewrite in the
+        pre-training text's statement style, shorter than ``long_form_answer`` but still not the chat model's
+        one-word reply (Lab 03's paraphrase targets)."""
+        return STATEMENTS[item.relation][1].format(n=item.subject, v=item.answer)
 
     @staticmethod
     def long_form_answer(item: Item) -> str:
