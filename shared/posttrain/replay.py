@@ -18,6 +18,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from itertools import pairwise
 
 from .data import Example
 from .evaluate import Generation, generate
@@ -33,7 +34,7 @@ def replay_slots(first_slot: int, batch_size: int, ratio: float) -> list[bool]:
     """
     rho = Fraction(ratio).limit_denominator(10_000)
     replayed = [(slot * rho.numerator) // rho.denominator for slot in range(first_slot, first_slot + batch_size + 1)]
-    return [after > before for before, after in zip(replayed, replayed[1:])]
+    return [after > before for before, after in pairwise(replayed)]
 
 
 class ReplayMixer:

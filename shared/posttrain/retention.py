@@ -30,7 +30,7 @@ import torch
 
 from .data import chat_example, collate
 from .forgetting import Snapshot, take_snapshot
-from .hub_tasks import Loader, load_alpaca, paraphrase_gsm8k, sdft_prompt, same_final_answer
+from .hub_tasks import Loader, load_alpaca, paraphrase_gsm8k, same_final_answer, sdft_prompt
 from .models import load_model
 from .profiles import Profile, seed_everything
 from .replay import (
