@@ -12,13 +12,13 @@ import pytest
 from posttrain.forgetting import take_snapshot
 from posttrain.models import load_model
 from posttrain.profiles import PROFILES
+from posttrain.replay import paraphrase_targets
 from posttrain.retention import (
     PLANS,
     Plan,
     Variant,
     VariantResult,
     forgetting_cut,
-    paraphrase_targets,
     prepare,
     pseudo_replay_prompts,
     replay_buffer,

@@ -6,6 +6,8 @@
 - ``pseudo_replay_pairs`` replays the model's *own* answers to old prompts, generated before training, when the old
   reference answers are gone (pseudo-rehearsal; Robins 1995, "Catastrophic forgetting, rehearsal and
   pseudorehearsal"; for LLMs, self-synthesized rehearsal, Huang et al. 2024, arXiv:2403.01244).
+- ``paraphrase_targets`` rewrites the new task's references by a fixed, model-independent rule (paraphrased
+  targets, compared with model-written ones by Ren et al. 2024, arXiv:2402.11192).
 - ``self_output_targets`` builds self-distillation fine-tuning (SDFT) targets (Yang et al. 2024, "Self-Distillation
   Bridges Distribution Gap in Language Model Fine-Tuning", arXiv:2402.13669, sec. 3): the model rewrites each
   reference answer in its own words, conditioned on the reference; a rewrite that fails a correctness check falls
@@ -22,7 +24,10 @@ from itertools import pairwise
 
 from .data import Example
 from .evaluate import Generation, generate
-from .world import HINT_WORD
+from .hub_tasks import paraphrase_gsm8k
+from .profiles import Profile
+from .tasks import ForgettingBenchmark
+from .world import HINT_WORD, World
 
 
 def replay_slots(first_slot: int, batch_size: int, ratio: float) -> list[bool]:
@@ -150,3 +155,11 @@ def pseudo_replay_pairs(model, tokenizer, prompts: Sequence[str], max_new_tokens
     return [
         (prompt, reply.text) for prompt, reply in zip(prompts, replies, strict=True) if reply.stopped and reply.text
     ]
+
+
+def paraphrase_targets(profile: Profile, bench: ForgettingBenchmark) -> list[tuple[str, str]]:
+    """The new task with paraphrased references. Tiny: ``World.plain_answer`` ("ada stone lives in paris .") for
+    each verbose reference. Colab: ``paraphrase_gsm8k`` (numbered steps, then the answer line)."""
+    if profile.name != "tiny":
+        return [(user, paraphrase_gsm8k(reply)) for user, reply in bench.new_task_train]
+    return [(item.prompt, World.plain_answer(item)) for item in bench.new_task_eval]

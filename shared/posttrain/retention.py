@@ -30,13 +30,14 @@ import torch
 
 from .data import chat_example, collate
 from .forgetting import Snapshot, take_snapshot
-from .hub_tasks import Loader, load_alpaca, paraphrase_gsm8k, same_final_answer, sdft_prompt
+from .hub_tasks import Loader, load_alpaca, same_final_answer, sdft_prompt
 from .models import load_model
 from .profiles import Profile, seed_everything
 from .replay import (
     ReplayMixer,
     Rewrite,
     filter_rewrites,
+    paraphrase_targets,
     pseudo_replay_pairs,
     replay_slots,
     restate_prompt,
@@ -44,7 +45,7 @@ from .replay import (
     words_from_reference,
 )
 from .tasks import ForgettingBenchmark
-from .tradeoff import mean_forgetting, mean_old_drop
+from .tradeoff import learning_and_forgetting
 from .train import TrainConfig, masked_sft_loss, train
 from .world import World
 
@@ -167,14 +168,6 @@ def _at_most(pool: Sequence, n: int, rng: random.Random) -> list:
     return list(pool) if len(pool) <= n else rng.sample(list(pool), n)
 
 
-def paraphrase_targets(profile: Profile, bench: ForgettingBenchmark) -> Pairs:
-    """The new task with paraphrased references. Tiny: ``World.plain_answer`` ("ada stone lives in paris .") for
-    each verbose reference. Colab: ``paraphrase_gsm8k`` (numbered steps, then the answer line)."""
-    if profile.name != "tiny":
-        return [(user, paraphrase_gsm8k(reply)) for user, reply in bench.new_task_train]
-    return [(item.prompt, World.plain_answer(item)) for item in bench.new_task_eval]
-
-
 def self_output(
     profile: Profile, model, tokenizer, bench: ForgettingBenchmark, rewrite_filter: Callable[..., list[Rewrite]]
 ) -> list[Rewrite]:
@@ -290,10 +283,7 @@ def run_variant(
     after = take_snapshot(model, tokenizer, bench, plan.steps, with_mc=False, max_new_tokens=profile.max_new_tokens)
     return VariantResult(
         variant=variant,
-        accuracy_after=after.accuracies(),
-        new_accuracy=after.accuracies()["new"],
-        old_drop=mean_old_drop(before, after),
-        forgetting=mean_forgetting(before, after),
+        **learning_and_forgetting(before, after),
         target_nll=materials.target_nll[kind],
         seconds=seconds,
         losses=losses,

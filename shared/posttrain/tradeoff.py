@@ -157,6 +157,18 @@ def mean_forgetting(before: Snapshot, after: Snapshot) -> float:
     return statistics.fmean(sample_wise(before.old[s], after.old[s]).forgetting for s in before.old)
 
 
+def learning_and_forgetting(before: Snapshot, after: Snapshot) -> dict:
+    """A run's two coordinates and what they come from: ``accuracy_after`` (per skill), ``new_accuracy``,
+    ``old_drop`` (``mean_old_drop``) and ``forgetting`` (``mean_forgetting``), as keyword arguments of a result."""
+    accuracies = after.accuracies()
+    return {
+        "accuracy_after": accuracies,
+        "new_accuracy": accuracies["new"],
+        "old_drop": mean_old_drop(before, after),
+        "forgetting": mean_forgetting(before, after),
+    }
+
+
 def mean_energy_curve(deltas: Iterable[torch.Tensor]) -> list[float]:
     """Mean over matrices of the cumulative spectral energy Σ_{i≤k} σ_i² / Σ_i σ_i², k = 1, 2, ... (shorter spectra
     padded with 1): how many directions a weight update needs, the curve behind arXiv:2405.09673's rank analysis."""
@@ -261,10 +273,7 @@ def run_method(
     ranks = {name: rank_fn(delta) for name, delta in deltas.items()}
     return RunResult(
         method=method,
-        accuracy_after=after.accuracies(),
-        new_accuracy=after.accuracies()["new"],
-        old_drop=mean_old_drop(before, after),
-        forgetting=mean_forgetting(before, after),
+        **learning_and_forgetting(before, after),
         effective_ranks=ranks,
         energy_curve=mean_energy_curve(deltas.values()),
         seconds=seconds,
