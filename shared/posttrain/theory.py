@@ -219,7 +219,8 @@ def theory_study(
       Bhattacharyya coefficient of each (``bhattacharyya``) and the correlation of log-drift with log-BC.
     - ``replay``: forward KL with a share ``forward_replay`` of old data (Adam, which reaches the new optimum
       w = ρ within the budget) and the finite-batch reverse-KL estimator (``estimator``, batch 256) with a share
-      ``reverse_replay`` of the proposal from the old mode, each against its run without replay.
+      ``reverse_replay`` of the proposal from the old mode, each against its run without replay (the two shares
+      under ``replay_ratio``).
     """
     mass = {objective: train_mixture(objective, separation, steps, seed=seed) for objective in ("forward", "reverse")}
     drifts = [train_mixture("reverse", d, steps, seed=seed).drift for d in drift_separations]
@@ -244,6 +245,6 @@ def theory_study(
             "bhattacharyya": coefficients,
             "log_correlation": log_correlation(drifts, coefficients),
         },
-        "replay": {name: asdict(t) for name, t in replay.items()} | {"forward_ratio": forward_replay},
-        "reverse_replay_ratio": reverse_replay,
+        "replay": {name: asdict(t) for name, t in replay.items()},
+        "replay_ratio": {"forward": forward_replay, "reverse": reverse_replay},
     }
