@@ -96,5 +96,7 @@ def test_drift_falls_with_separation_as_the_bhattacharyya_coefficient(results):
 
 def test_replay_moves_the_forward_optimum_but_not_the_reverse_one(results):
     replay = results["theory"]["replay"]
-    assert replay["forward_replay"]["old_weight"][-1] == pytest.approx(results["theory"]["replay_ratio"]["forward"], abs=0.03)
+    assert replay["forward_replay"]["old_weight"][-1] == pytest.approx(
+        results["theory"]["replay_ratio"]["forward"], abs=0.03
+    )
     assert replay["reverse_sampled_replay"]["old_weight"][-1] == pytest.approx(0.5, abs=0.05)
