@@ -99,6 +99,8 @@ def test_lab03_comparison_runs_on_the_colab_code_path(tiny_qwen2_dir, hub_loader
     before = take_snapshot(model, tokenizer, bench, 0, with_mc=False, max_new_tokens=4)
     materials = prepare(profile, bench, plan, 0, model, tokenizer, loader=hub_loader)
     assert len(materials.replay) == 3 and all(reply for _, reply in materials.replay)  # Alpaca rows
+    prompts = pseudo_replay_prompts(profile, plan.per_skill, 0, hub_loader)
+    assert len(prompts) == 3 and not set(prompts) & {user for user, _ in materials.replay}
     assert all(t.startswith("Let's solve this step by step.") for _, t in materials.targets["paraphrase"])
     assert len(materials.rewrites) == 4 and set(materials.target_nll) == {"plain", "paraphrase", "self-output"}
     # a random model never ends its turn within 4 tokens: pseudo-replay has nothing to replay, and says why

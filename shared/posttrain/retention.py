@@ -140,11 +140,11 @@ def replay_buffer(profile: Profile, per_skill: int, seed: int, loader: Loader | 
     """Old (user, reference) pairs to replay: up to ``per_skill`` of each old skill.
 
     Tiny: a balanced sample of tiny-chat's own SFT data (``World.chat_sft_by_skill``; a uniform sample would be
-    almost all fact and JSON questions, 1 080 each against 27 refusals). Colab: Qwen's SFT data is not public, so
-    ``per_skill`` rows of Alpaca (``tatsu-lab/alpaca``, general instruction data) stand in for it.
+    almost all fact, JSON and restate questions, 1 080 each against 27 refusals). Colab: Qwen's SFT data is not
+    public, so ``per_skill`` rows of Alpaca (``tatsu-lab/alpaca``, general instruction data) stand in for it.
     """
     if profile.name != "tiny":
-        return load_alpaca(per_skill, seed, loader)
+        return load_alpaca(2 * per_skill, seed, loader)[:per_skill]
     groups = World().chat_sft_by_skill()
     rng = random.Random(seed)
     return [pair for skill in OLD_SKILLS for pair in _at_most(groups[skill], per_skill, rng)]
@@ -155,10 +155,11 @@ def pseudo_replay_prompts(profile: Profile, per_skill: int, seed: int, loader: L
 
     Tiny: prompts chat SFT held out (``World.held_out_prompts``), up to ``per_skill`` per skill, so the replies are
     the model's generalisation, not copies of training answers (tiny-chat reproduces those exactly, which would make
-    pseudo-replay identical to replay). Colab: Alpaca instructions, a pool disjoint from ``replay_buffer``'s rows.
+    pseudo-replay identical to replay). Colab: ``per_skill`` Alpaca instructions, the rows drawn after
+    ``replay_buffer``'s in the same sample, so the two pools are disjoint.
     """
     if profile.name != "tiny":
-        return [user for user, _ in load_alpaca(per_skill, seed + 1, loader)]
+        return [user for user, _ in load_alpaca(2 * per_skill, seed, loader)[per_skill:]]
     held_out = World().held_out_prompts()
     rng = random.Random(seed)
     return [prompt for skill in OLD_SKILLS for prompt in _at_most(held_out[skill], per_skill, rng)]
