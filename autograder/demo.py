@@ -97,6 +97,12 @@ def run_demo(repo: Path, work: Path) -> int:
                 print(f"  {path.name} {when}: {row}")
         for family, best in summary.get("best_at_budget", {}).items():
             print(f"  {path.name} best at the budget, {family}: new {best['new']:.2f}, old drop {best['old_drop']:.2f}")
+        cuts = summary.get("forgetting_cut", {})
+        for run in summary.get("runs", []) if cuts else []:
+            cut = f", removes {cuts[run['label']]:.0%} of plain SFT's" if run["label"] in cuts else ""
+            print(
+                f"  {path.name} {run['label']}: new {run['new_accuracy']:.2f}, forgetting {run['forgetting']:.2f}{cut}"
+            )
     for path in release(labs):
         print(f"released {path.relative_to(repo)}")
     exit_code = 0
