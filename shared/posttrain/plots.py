@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 
 def skill_bars(before: dict[str, float], after: dict[str, float], title: str) -> plt.Figure:
@@ -141,8 +142,6 @@ def trajectory_curves(
 def drift_against_overlap(separations: list[float], drift: list[float], overlap: list[float], title: str) -> plt.Figure:
     """The old mean's drift under reverse KL against the modes' separation Δ on a log scale, with the power law
     c·BC^k in the Bhattacharyya coefficient that fits it best (least squares in log space)."""
-    import numpy as np
-
     slope, intercept = np.polyfit(np.log(overlap), np.log(drift), 1)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     ax.plot(separations, drift, "o-", label="measured drift of the old mean")

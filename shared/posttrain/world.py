@@ -323,57 +323,58 @@ class World:
         """Whether the ``index``-th person (or request, or sum) of a skill is left out of chat SFT."""
         return index % self.spec.chat_holdout_every == self.spec.chat_holdout_every - 1
 
+    @staticmethod
+    def _questions_about(p: Person) -> list[tuple[str, str, str]]:
+        """(skill, user, assistant) for every chat question about ``p``: each question template plain
+        (``fact``) and asking for JSON (``json``), then one question per relation with a long-form hint
+        (``restate``)."""
+        rows = []
+        for r in RELATIONS:
+            value = p.value(r)
+            for q in QUESTIONS[r]:
+                question = q.format(n=p.name)
+                rows.append(("fact", question, value))
+                rows.append(("json", f"{question} {JSON_SUFFIX}", _json_answer(r, value)))
+            hint = VERBOSE[r].format(n=p.name, v=value)
+            rows.append(("restate", f"{QUESTIONS[r][0].format(n=p.name)} {HINT_WORD} {hint} .", value))
+        return rows
+
+    def _chat_sft_rows(self) -> list[tuple[str, str, str]]:
+        """(skill, user, assistant) of the chat SFT stage, in training-data order (see ``chat_sft_examples``)."""
+        rows = []
+        for p in (p for i, p in enumerate(self.people) if not self.held_out_of_chat(i)):
+            rows += self._questions_about(p)
+        rows += [("restate", it.prompt, it.answer) for it in self.fact_items(self.strangers, "restate")]
+        for name in ("refusal", "howto", "addition"):
+            rows += [
+                (name, it.prompt, it.answer) for i, it in enumerate(self.skills[name]) if not self.held_out_of_chat(i)
+            ]
+        rows.append(("greeting", *self._greeting_pairs()))
+        return rows
+
     def chat_sft_examples(self) -> list[tuple[str, str]]:
         """(user, assistant) pairs of the chat SFT stage: every question template of every skill, for the
         people, requests and sums not held out (``held_out_of_chat``), and restating a hint about each of
         the ``strangers`` (people known from nowhere else, so only the hint can give the answer)."""
-        pairs = []
-        for p in (p for i, p in enumerate(self.people) if not self.held_out_of_chat(i)):
-            for r in RELATIONS:
-                value = p.value(r)
-                for q in QUESTIONS[r]:
-                    question = q.format(n=p.name)
-                    pairs.append((question, value))
-                    pairs.append((f"{question} {JSON_SUFFIX}", _json_answer(r, value)))
-                hint = VERBOSE[r].format(n=p.name, v=value)
-                pairs.append((f"{QUESTIONS[r][0].format(n=p.name)} {HINT_WORD} {hint} .", value))
-        pairs += [(it.prompt, it.answer) for it in self.fact_items(self.strangers, "restate")]
-        for name in ("refusal", "howto", "addition"):
-            pairs += [(it.prompt, it.answer) for i, it in enumerate(self.skills[name]) if not self.held_out_of_chat(i)]
-        pairs.append(self._greeting_pairs())
-        return pairs
+        return [(user, assistant) for _, user, assistant in self._chat_sft_rows()]
 
     def chat_sft_by_skill(self) -> dict[str, list[tuple[str, str]]]:
         """``chat_sft_examples`` grouped by the old skill each pair teaches (``fact``, ``json``, ``restate``,
         ``refusal``, ``howto``, ``addition``, ``greeting``), each group in its original order: the pool a
         balanced replay buffer draws from (Lab 03)."""
-        prompts = {name: {item.prompt for item in self.skills[name]} for name in ("refusal", "howto", "addition")}
         groups: dict[str, list[tuple[str, str]]] = {}
-        for user, assistant in self.chat_sft_examples():
-            if user.endswith(JSON_SUFFIX):
-                skill = "json"
-            elif HINT_WORD in user:
-                skill = "restate"
-            elif user == self._greeting_pairs()[0]:
-                skill = "greeting"
-            else:
-                skill = next((name for name, pool in prompts.items() if user in pool), "fact")
+        for skill, user, assistant in self._chat_sft_rows():
             groups.setdefault(skill, []).append((user, assistant))
         return groups
 
     def held_out_prompts(self) -> dict[str, list[str]]:
-        """Old-skill prompts chat SFT never trained on (``held_out_of_chat``): every question template of every
-        held-out person, in plain and JSON form and with a hint, and the held-out requests and sums. The prompt
-        pool of pseudo-replay (Lab 03), whose replies must come from the model itself."""
-        held_out = [p for i, p in enumerate(self.people) if self.held_out_of_chat(i)]
+        """Old-skill prompts chat SFT never trained on (``held_out_of_chat``): every question about every
+        held-out person (plain, JSON and with a hint) and the held-out requests and sums. The prompt pool of
+        pseudo-replay (Lab 03), whose replies must come from the model itself."""
         prompts: dict[str, list[str]] = {"fact": [], "json": [], "restate": []}
-        for p in held_out:
-            for r in RELATIONS:
-                for q in QUESTIONS[r]:
-                    prompts["fact"].append(q.format(n=p.name))
-                    prompts["json"].append(f"{q.format(n=p.name)} {JSON_SUFFIX}")
-                hint = VERBOSE[r].format(n=p.name, v=p.value(r))
-                prompts["restate"].append(f"{QUESTIONS[r][0].format(n=p.name)} {HINT_WORD} {hint} .")
+        for p in (p for i, p in enumerate(self.people) if self.held_out_of_chat(i)):
+            for skill, user, _ in self._questions_about(p):
+                prompts[skill].append(user)
         for name in ("refusal", "howto", "addition"):
             prompts[name] = [it.prompt for i, it in enumerate(self.skills[name]) if self.held_out_of_chat(i)]
         return prompts
