@@ -50,12 +50,18 @@ class ClusterError(Exception):
 
 def make_client(workers: int, scheduler: str | None = None, cluster: str = "local"):
     """A dask ``Client``: to ``scheduler`` if given, else to a new cluster of ``workers`` single-threaded workers."""
+    import dask
     from dask.distributed import Client, LocalCluster
 
     if scheduler:
         return Client(scheduler)
     if cluster == "local":
-        return Client(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None))
+        # A nanny writes its pre-spawn environment (OMP_NUM_THREADS=1, ...) into *this* process's os.environ and never
+        # restores it, so every notebook run after a grading run would be single-threaded. The workers only start
+        # kernels, whose thread counts ``kernel_settings`` sets, so they need none of it.
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
+            local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        return Client(local)
     try:
         if cluster == "slurm":
             from dask_jobqueue import SLURMCluster

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from autograder.attacks import ATTACKS
 from autograder.course import Lab
 from autograder.execute import ResilientExecute
 from autograder.grade import GradeJob, Limits
-from autograder.scheduler import ResultStore
+from autograder.scheduler import ResultStore, make_client
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "mini_lab"
 LAB = "00_mini"
@@ -176,3 +177,15 @@ def test_lab_limits_come_from_the_source_notebook(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown limits \\['cell_timout'\\]"):
         Limits.for_lab(Lab(repo, LAB))
     assert GradeJob(Lab(repo, LAB), "x", None).sandbox  # sandboxed unless asked otherwise
+
+
+THREAD_SETTINGS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def test_a_local_cluster_leaves_the_thread_settings_of_this_process_alone(monkeypatch):
+    # dask's nannies set OMP_NUM_THREADS=1 (and the like) in the parent's environment by default: every notebook a
+    # test or an instructor runs after grading would then be single-threaded (it doubled the CI time of the lab tests)
+    for name in THREAD_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    make_client(2).close()
+    assert [name for name in THREAD_SETTINGS if name in os.environ] == []
