@@ -3,20 +3,30 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
 export POSTTRAIN_PROFILE ?= tiny
 DEMO_DIR := $(or $(POSTTRAIN_DEMO_DIR),/tmp/posttrain-demo)
 
-.PHONY: env demo test test-fast bench selftest lint format release reproduce clean
+.PHONY: env lock demo test test-fast bench selftest lint format release reproduce clean
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every version comes from the lock (requirements.lock); pyproject.toml keeps only lower bounds.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	.ci/install-torch $(BIN)/pip
+	.ci/install-torch $(BIN)/pip $(LOCK)
 	.ci/install-sandbox
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -c $(LOCK) -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (posttrain)" >/dev/null
 	touch $(STAMP)
+
+# Re-resolves every version of the lock on purpose (Linux x86-64, Python 3.10-3.12, torch as in .ci/lock-inputs.txt).
+# Re-run the claim tests and the spread study (docs/margins.md) after a refresh: the documented numbers move with it.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "uv>=0.5"
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.10 \
+		-c .ci/lock-inputs.txt --custom-compile-command "make lock" -o $(LOCK)
 
 # Runs the finished labs on the tiny profile, releases the student versions and autogrades a sample class.
 demo: $(STAMP)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m autograder release|collect|grade|report|selftest|demo|bench`` (see ``--help``).
+"""Command line: ``python -m autograder release|collect|grade|report|selftest|demo|bench|spread`` (see ``--help``).
 
 An instructor's loop is four commands: ``release`` the lab, ``collect`` the class's notebooks (a folder
 or an LMS zip), ``grade`` them in parallel in sandboxes, and ``report`` grades, failure statistics and
@@ -32,6 +32,7 @@ from autograder.report import write_report
 from autograder.sandbox import SandboxUnavailable, check_sandbox
 from autograder.scheduler import CLUSTERS, ClusterError, ResultStore, default_threads, grade_jobs
 from autograder.selftest import run_selftest
+from autograder.spread import SPREAD_DIR, markdown, measure, spread_table
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "bench", help="folder for the JSON files")
     bench.add_argument("--work", type=Path, default=Path("/tmp/posttrain-bench"), help="scratch folder")
     bench.add_argument("--only", choices=("labs", "lora", "grading"), help="time only the labs, LoRA or the grader")
+
+    spread = commands.add_parser("spread", help="measure each claim's margin on this platform (docs/margins.md)")
+    spread.add_argument("--label", help="name of this platform, e.g. avx2-2threads (writes <out>/<label>.json)")
+    spread.add_argument("--labs", nargs="+", default=["01", "02", "03"], help="labs to measure (default: all)")
+    spread.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    spread.add_argument("--out", type=Path, default=SPREAD_DIR, help="folder of the per-platform JSON files")
+    spread.add_argument("--work", type=Path, default=Path("/tmp/posttrain-spread"), help="scratch folder")
+    spread.add_argument("--report", action="store_true", help="print the table of every platform in --out")
     return parser
 
 
@@ -203,6 +212,17 @@ def _as_result(record: dict) -> GradeResult:
     return GradeResult(**{key: record[key] for key in keys if key in record})
 
 
+def _spread(args: argparse.Namespace) -> int:
+    """Measure this platform's margins under ``--label``, or print the table of every stored platform."""
+    if args.report:
+        print(markdown(spread_table(args.out)), end="")
+        return 0
+    if not args.label:
+        raise CourseError("spread needs --label NAME for this platform's measurements, or --report for the table")
+    print(f"wrote {measure(args.labs, args.seeds, args.label, args.out, args.work)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the command; return the process exit code (2 for usage/course errors)."""
     args = _parser().parse_args(argv)
@@ -225,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_selftest(_labs(repo, args.lab), args.work, args)
         if args.command == "demo":
             return run_demo(repo, args.work)
+        if args.command == "spread":
+            return _spread(args)
         if args.only in (None, "labs"):
             print(json.dumps(run_bench(repo, args.out, args.work), indent=1))
         if args.only in (None, "lora"):

@@ -13,8 +13,6 @@ It also writes a paper estimate for a 500-student class on a Slurm GPU cluster f
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shutil
 import statistics
 import time
@@ -60,6 +58,8 @@ def _grade(lab: Lab, folder: Path, grading: Path, workers: int) -> tuple[float, 
 
 def run_grading_bench(out_dir: Path, work: Path) -> dict:
     """Time the grader; write ``out_dir/autograde.json`` and return its content."""
+    from posttrain.profiles import run_environment
+
     check_sandbox()
     lab = _mini_lab(work)
     folder = work / "class"
@@ -75,7 +75,7 @@ def run_grading_bench(out_dir: Path, work: Path) -> dict:
         overheads.append(result.seconds - execution)
     parallel_seconds, _ = _grade(lab, folder, work / "grading-2", workers=2)
     report = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "environment": run_environment(),
         "class": f"{CLASS_SIZE} submissions of the mini lab (tests/fixtures/mini_lab), sandboxed",
         "overhead_per_submission_s": {
             "median": round(statistics.median(overheads), 2),

@@ -117,33 +117,26 @@ def run_demo(repo: Path, work: Path) -> int:
 
 def run_bench(repo: Path, out_dir: Path, work: Path) -> dict[str, dict]:
     """Time each lab's solution notebook on the tiny profile; write ``out_dir/labs.json`` and return it."""
-    import platform
-
-    import torch
+    from posttrain.profiles import run_environment
 
     report = {}
     for lab in all_labs(repo):
         _, seconds = execute_solution(lab, work / lab.name)
         report[lab.name] = {"profile": os.environ.get("POSTTRAIN_PROFILE", "tiny"), "seconds": round(seconds, 1)}
-    machine = {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "labs.json").write_text(json.dumps({"machine": machine, "labs": report}, indent=1) + "\n")
+    (out_dir / "labs.json").write_text(json.dumps({"environment": run_environment(), "labs": report}, indent=1) + "\n")
     return report
 
 
 def run_lora_bench(out_dir: Path) -> dict:
     """Time our LoRA's training step against PEFT's on the Lab 02 model and batch; write ``out_dir/lora.json``."""
-    import platform
-
-    import torch
-
-    from posttrain.profiles import resolve_profile
+    from posttrain.profiles import resolve_profile, run_environment
     from posttrain.speed import lora_step_time
     from posttrain.tasks import forgetting_benchmark
 
     profile = resolve_profile(None)
     report = lora_step_time(profile, forgetting_benchmark(profile, new_task="new_facts"))
-    report["machine"] = {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+    report["environment"] = run_environment()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "lora.json").write_text(json.dumps(report, indent=1) + "\n")
     return report

@@ -1,7 +1,9 @@
-"""Lab 01's claims on the tiny profile, asserted over three training seeds, with the notebook's settings
-(150 steps, batch 32, learning rates 1e-4 / 3e-4 / 1e-3, 100 items per old skill).
+"""Lab 01's claims on the tiny profile, asserted over three training seeds with the notebook's settings (150 steps,
+batch 32, learning rates 1e-4 / 3e-4 / 1e-3, 100 items per old skill): seed 0 is the executed solution notebook,
+seeds 1 and 2 run ``posttrain.forgetting.learning_rate_sweep`` (its sample class: ``test_sample_classes.py``).
 
-Claims of issue #3 and what the tiny world measured (see docs/labs/01_finetune_and_forget.md):
+Claims of issue #3 (defined once, as margins, in ``autograder.claims``; measured in docs/labs/01_finetune_and_forget.md,
+their margins against the cross-platform spread in docs/margins.md):
 - full fine-tuning at lr 1e-3 masters the new task (>= 90 %; measured 1.00 in every seed),
 - while JSON format or refusal drops by >= 30 points (measured: refusal 1.00 -> 0.00, JSON 0.95 -> 0.71-0.75),
 - the sample-wise view differs from the average: somewhere in the learning-rate sweep an old skill has
@@ -12,62 +14,39 @@ Claims of issue #3 and what the tiny world measured (see docs/labs/01_finetune_a
 
 import pytest
 
-from posttrain.evaluate import accuracy
-from posttrain.forgetting import finetune_with_snapshots, sample_wise_table
-from posttrain.models import load_model
-from posttrain.tasks import tiny_forgetting_benchmark
-from posttrain.train import TrainConfig
+from autograder.claims import claim, lab_results
 
-STEPS, MAIN_LR, SWEEP = 150, 1e-3, (1e-4, 3e-4, 1e-3)
-
-
-@pytest.fixture(scope="module")
-def bench():
-    return tiny_forgetting_benchmark(n_per_skill=100)
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", params=[0, 1, 2], ids=lambda s: f"seed{s}")
-def sweep(request, bench):
-    """{lr: (before snapshot, after snapshot)} for one training seed."""
-    runs = {}
-    for lr in SWEEP:
-        model, tokenizer = load_model("tiny-chat", device="cpu")
-        config = TrainConfig(steps=STEPS, lr=lr, batch_size=32, seed=request.param, progress=False)
-        snapshots = finetune_with_snapshots(model, tokenizer, bench, config)
-        runs[lr] = (snapshots[0], snapshots[-1])
-    return runs
+def sweep(request, tmp_path_factory) -> dict:
+    """One training seed's sweep: {"runs": {str(lr): accuracies before and after, sample-wise table}}."""
+    return lab_results("01", request.param, tmp_path_factory.mktemp("lab01"))
 
 
 def test_full_finetuning_masters_the_new_task(sweep):
-    before, after = sweep[MAIN_LR]
-    assert accuracy(before.new) < 0.2, "the new task must be new to tiny-chat"
-    assert accuracy(after.new) >= 0.9
+    claim("01", "new_task_is_new").check(sweep)
+    claim("01", "masters_new_task").check(sweep)
 
 
 def test_json_format_or_refusal_collapses(sweep):
-    before, after = sweep[MAIN_LR]
-    drops = {s: accuracy(before.old[s]) - accuracy(after.old[s]) for s in ("json", "refusal")}
-    assert max(drops.values()) >= 0.30, drops
+    claim("01", "json_or_refusal_collapses").check(sweep)
 
 
-def test_the_average_understates_forgetting_somewhere_in_the_sweep(sweep, bench):
-    hidden = {
-        (lr, skill): row["forgetting"] - max(0.0, row["accuracy_before"] - row["accuracy_after"])
-        for lr, (before, after) in sweep.items()
-        for skill, row in sample_wise_table(before, after, k=bench.k).items()
-        if skill != "new"
-    }
-    assert max(hidden.values()) > 0.0, hidden
+def test_the_average_understates_forgetting_somewhere_in_the_sweep(sweep):
+    claim("01", "average_understates_forgetting").check(sweep)
+    if "notebook" in sweep:  # seed 0: the notebook names the skill whose average hides most
+        assert sweep["notebook"]["most_hidden_skill"] in sweep["notebook"]["sample_wise"]
 
 
 def test_forgetting_grows_with_the_learning_rate(sweep):
-    kept = {lr: accuracy(after.old["json"]) + accuracy(after.old["refusal"]) for lr, (_, after) in sweep.items()}
-    assert kept[1e-3] < kept[3e-4] <= kept[1e-4], kept
+    claim("01", "forgetting_grows_3e-4_to_1e-3").check(sweep)
+    claim("01", "forgetting_grows_1e-4_to_3e-4").check(sweep)
 
 
-def test_chance_adjustment_never_exceeds_raw_metrics(sweep, bench):
-    before, after = sweep[MAIN_LR]
-    for skill, row in sample_wise_table(before, after, k=bench.k).items():
+def test_chance_adjustment_never_exceeds_raw_metrics(sweep):
+    for skill, row in sweep["runs"]["0.001"]["table"].items():
         if skill.startswith("mc:"):
             assert 0.0 <= row["forgetting_adjusted"] <= row["forgetting"]
             assert 0.0 <= row["backward_transfer_adjusted"] <= row["backward_transfer"]

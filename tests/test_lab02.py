@@ -1,7 +1,8 @@
 """Lab 02 end to end, over three training seeds: seed 0 is the executed solution notebook (its ``results/02.json``),
 seeds 1 and 2 run the same sweep through ``posttrain.tradeoff`` (its sample class: ``test_sample_classes.py``).
 
-Claims of issue #5 and what the tiny world measured (docs/labs/02_lora_and_regularization.md):
+Claims of issue #5 (defined once, as margins, in ``autograder.claims``), what the tiny world measured
+(docs/labs/02_lora_and_regularization.md) and their margins against the cross-platform spread (docs/margins.md):
 - LoRA learns less: at the 30-step budget, each method at its best learning rate, new-task accuracy does not
   decrease with the rank and full fine-tuning reaches at least the best LoRA (measured r1 0.31-0.33 < r4 0.51-0.67 <
   r16 0.68-0.85 < r64 0.88-0.93 <= full 0.94-0.98);
@@ -16,51 +17,32 @@ Where LoRA lies relative to full fine-tuning on the plane is reported by the lab
 
 from __future__ import annotations
 
-import json
-import statistics
-
 import pytest
 
-from autograder.course import REPO_ROOT, resolve_lab
-from autograder.demo import execute_solution
-from posttrain.profiles import resolve_profile
-from posttrain.tasks import forgetting_benchmark
-from posttrain.tradeoff import PLANS, summarize, sweep
+from autograder.claims import claim, lab_results
 
 pytestmark = pytest.mark.slow
-LAB = resolve_lab(REPO_ROOT, "02")
-RANKS = (1, 4, 16, 64)
 
 
 @pytest.fixture(scope="module", params=[0, 1, 2], ids=lambda s: f"seed{s}")
 def results(request, tmp_path_factory) -> dict:
-    if request.param == 0:
-        work = tmp_path_factory.mktemp("lab02")
-        execute_solution(LAB, work)
-        return json.loads((work / "results" / "02.json").read_text())
-    profile = resolve_profile("tiny")
-    bench = forgetting_benchmark(profile, n_per_skill=40, seed=request.param, new_task="new_facts")
-    before, runs = sweep(profile, bench, PLANS["tiny"], seed=request.param)
-    return summarize(profile, request.param, PLANS["tiny"], before, runs)
+    return lab_results("02", request.param, tmp_path_factory.mktemp("lab02"))
 
 
 def test_the_new_facts_are_new(results):
     assert results["profile"] == "tiny"
-    assert results["accuracy_before"]["new"] < 0.1
+    claim("02", "new_facts_are_new").check(results)
 
 
 def test_lora_learns_less_at_a_fixed_budget(results):
-    best = results["best_at_budget"]
-    by_rank = [best[f"LORA r={r}"]["new"] for r in RANKS]
-    assert by_rank == sorted(by_rank), by_rank
-    assert best["full"]["new"] >= by_rank[-1]
-    assert by_rank[0] < 0.5 * best["full"]["new"], "rank 1 should learn clearly less than full fine-tuning"
+    claim("02", "lora_learning_rises_with_rank").check(results)
+    claim("02", "full_learns_at_least_lora_r64").check(results)
+    claim("02", "rank1_learns_under_half_of_full").check(results)
 
 
 def test_full_finetuning_update_is_higher_rank_than_lora(results):
-    full = results["full_effective_rank"]
-    assert full["matrices"] == 42
-    assert full["median"] >= 19, full  # target 20 (5x rank 4); measured 19.5-20, see the module docstring
+    assert results["full_effective_rank"]["matrices"] == 42
+    claim("02", "full_update_is_high_rank").check(results)
     lora4 = next(r for r in results["runs"] if r["label"] == results["best_at_budget"]["LORA r=4"]["label"])
     assert max(lora4["effective_ranks"].values()) <= 4
 
@@ -69,13 +51,12 @@ def test_ewc_forgets_at_most_half_as_much_at_matched_accuracy(results):
     matched = results["ewc_matched"]
     assert matched is not None, "no EWC run learned within 5 points of full fine-tuning"
     assert abs(matched["new"] - matched["full_new"]) <= 0.05 and matched["new"] >= 0.8 * matched["full_new"]
-    assert matched["old_drop"] <= 0.5 * matched["full_old_drop"], matched
+    claim("02", "ewc_halves_the_drop_at_matched_accuracy").check(results)
 
 
 def test_l2sp_trades_learning_for_retention(results):
-    l2sp = sorted((r for r in results["runs"] if r["family"] == "L2-SP"), key=lambda r: r["method"]["strength"])
-    assert [r["new_accuracy"] for r in l2sp] == sorted((r["new_accuracy"] for r in l2sp), reverse=True)
-    assert [r["old_drop"] for r in l2sp] == sorted((r["old_drop"] for r in l2sp), reverse=True)
+    claim("02", "l2sp_stronger_learns_less").check(results)
+    claim("02", "l2sp_stronger_forgets_less").check(results)
 
 
 def test_our_lora_trains_exactly_like_peft(results):
@@ -88,5 +69,4 @@ def test_our_lora_trains_exactly_like_peft(results):
 
 def test_regularised_updates_spread_over_more_directions(results):
     # Measured, not claimed by the issue: EWC's update has a higher median effective rank than full fine-tuning's.
-    ewc = next(r for r in results["runs"] if r["label"] == results["best_at_budget"]["EWC"]["label"])
-    assert statistics.median(ewc["effective_ranks"].values()) > results["full_effective_rank"]["median"]
+    claim("02", "ewc_update_spreads_wider").check(results)

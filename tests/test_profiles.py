@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -84,3 +85,23 @@ def test_seed_everything_makes_draws_repeatable():
     assert first[1:] == second[1:]
     seed_everything(124)
     assert not torch.equal(torch.rand(5), first[0])
+
+
+def test_run_environment_names_versions_and_the_cpu_kernel_path_in_force():
+    import json
+    import subprocess
+    import sys
+
+    from posttrain.profiles import run_environment
+
+    env = run_environment()
+    assert env["torch"] == torch.__version__ and env["threads"] == torch.get_num_threads()
+    assert env["transformers"][0].isdigit() and env["peft"][0].isdigit()
+    lowered = subprocess.run(
+        [sys.executable, "-c", "import json; from posttrain.profiles import run_environment as e; print(json.dumps(e()))"],
+        env={**os.environ, "ATEN_CPU_CAPABILITY": "default"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(lowered.stdout)["cpu_capability"] == "DEFAULT"

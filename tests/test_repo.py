@@ -1,4 +1,4 @@
-"""Repository contracts: labs/ is generated from solutions/, dependencies are mirrored, CI runs the README's
+"""Repository contracts: labs/ is generated from solutions/, dependencies are mirrored and locked, CI runs the README's
 test command, every solution notebook carries nbgrader metadata and a papermill parameters cell."""
 
 from __future__ import annotations
@@ -8,6 +8,9 @@ from pathlib import Path
 
 import nbformat
 import tomllib
+from packaging.markers import Marker
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from autograder.__main__ import main
 
@@ -39,3 +42,53 @@ def test_solution_notebooks_are_graded_sources_with_parameters():
         assert sum(c.metadata["nbgrader"]["points"] for c in tests) == 100, path.name
         assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells), path.name
         assert all(c.outputs == [] for c in nb.cells if c.cell_type == "code"), f"{path.name} has stored outputs"
+
+
+def lock_pins(text: str) -> dict[str, list[tuple[str, str, set[str]]]]:
+    """``requirements.lock`` as {package: [(version, marker, packages it is required by)]}."""
+    pins: dict[str, list[tuple[str, str, set[str]]]] = {}
+    current: set[str] = set()
+    for line in text.splitlines():
+        pin = re.match(r"^([A-Za-z0-9][\w.-]*)==([^\s;]+)\s*(?:;\s*(.*))?$", line)
+        if pin:
+            current = set()
+            pins.setdefault(canonicalize_name(pin[1]), []).append((pin[2], pin[3] or "", current))
+        elif via := re.match(r"^\s+#\s+(?:via\s+)?(\S.*?)\s*$", line):
+            current.add(via[1].split(" (")[0])
+    return pins
+
+
+def test_the_lock_pins_every_dependency_within_pyproject_bounds_for_python_3_10_to_3_12():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in [*pyproject["dependencies"], *pyproject["optional-dependencies"]["dev"]]]
+    pins = lock_pins((ROOT / "requirements.lock").read_text())
+    for python in ("3.10", "3.11", "3.12"):
+        env = {
+            "python_version": python,
+            "python_full_version": f"{python}.0",
+            "sys_platform": "linux",
+            "platform_system": "Linux",
+            "platform_machine": "x86_64",
+            "implementation_name": "cpython",
+            "platform_python_implementation": "CPython",
+            "os_name": "posix",
+        }
+        for requirement in wanted:
+            name = canonicalize_name(requirement.name)
+            chosen = [
+                version for version, marker, _ in pins.get(name, []) if not marker or Marker(marker).evaluate(env)
+            ]
+            assert len(chosen) == 1, f"the lock pins {name} {len(chosen)} times for Python {python}; run `make lock`"
+            assert requirement.specifier.contains(chosen[0], prereleases=True), (
+                f"the lock pins {name}=={chosen[0]} outside pyproject's {requirement}; run `make lock`"
+            )
+    direct = {name for name, entries in pins.items() if any("posttrain-course" in via for *_, via in entries)}
+    assert direct == {canonicalize_name(r.name) for r in wanted}, "pyproject.toml changed since `make lock`"
+
+
+def test_the_lock_pins_the_torch_release_that_install_torch_installs():
+    inputs = (ROOT / ".ci" / "lock-inputs.txt").read_text()
+    torch_pin = re.search(r"^torch==(\S+)$", inputs, flags=re.MULTILINE)[1]
+    assert [version for version, *_ in lock_pins((ROOT / "requirements.lock").read_text())["torch"]] == [torch_pin]
+    makefile = (ROOT / "Makefile").read_text()
+    assert ".ci/install-torch $(BIN)/pip $(LOCK)" in makefile and 'pip install -c $(LOCK) -e ".[dev]"' in makefile

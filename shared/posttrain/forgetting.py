@@ -7,13 +7,14 @@ table of Harmon et al. 2025 (arXiv:2510.17776) via ``posttrain.evaluate.sample_w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from .data import chat_example
 from .evaluate import accuracy, multiple_choice_correct, per_sample_correct, sample_wise
+from .models import load_model
 from .tasks import ForgettingBenchmark
 from .train import TrainConfig, masked_sft_loss, train
 
@@ -85,3 +86,22 @@ def sample_wise_table(before: Snapshot, after: Snapshot, k: int) -> dict[str, di
         key: asdict(sample_wise(before.correct(key), after.correct(key), k=k if key.startswith("mc:") else None))
         for key in keys
     }
+
+
+def learning_rate_sweep(
+    bench: ForgettingBenchmark, learning_rates: Sequence[float], steps: int, batch_size: int, seed: int
+) -> dict[str, dict]:
+    """Lab 01's sweep as JSON: for each learning rate (key ``str(lr)``), fully fine-tune a fresh tiny-chat on the new
+    task and record every skill's accuracy before and after and the sample-wise table (``sample_wise_table``)."""
+    runs = {}
+    for lr in learning_rates:
+        model, tokenizer = load_model("tiny-chat", device="cpu")
+        config = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=False)
+        snapshots = finetune_with_snapshots(model, tokenizer, bench, config)
+        before, after = snapshots[0], snapshots[-1]
+        runs[str(lr)] = {
+            "accuracy_before": before.accuracies(),
+            "accuracy_after": after.accuracies(),
+            "table": sample_wise_table(before, after, k=bench.k),
+        }
+    return runs

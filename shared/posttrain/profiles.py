@@ -80,3 +80,29 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
+
+
+def run_environment() -> dict[str, str | int]:
+    """What a measured number depends on besides the seed: library versions, the CPU kernel path torch dispatches
+    to (``torch.backends.cpu.get_cpu_capability()``, which ``ATEN_CPU_CAPABILITY`` can lower), the thread count
+    and the device. Results and bench JSON carry it, so a number can be traced to where it was measured."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": installed("transformers"),
+        "peft": installed("peft"),
+        "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count() or 1,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    }

@@ -32,7 +32,7 @@ from .data import chat_example, collate
 from .forgetting import Snapshot, take_snapshot
 from .hub_tasks import Loader, load_alpaca, same_final_answer, sdft_prompt
 from .models import load_model
-from .profiles import Profile, seed_everything
+from .profiles import Profile, run_environment, seed_everything
 from .replay import (
     ReplayMixer,
     Rewrite,
@@ -359,4 +359,5 @@ def summarize(
         "target_nll": materials.target_nll,
         "theory": theory,
         "seconds": sum(r.seconds for r in results),
+        "environment": run_environment(),
     }

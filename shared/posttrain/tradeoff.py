@@ -23,7 +23,7 @@ from .evaluate import sample_wise
 from .forgetting import Snapshot, take_snapshot
 from .lora import find_targets, inject_lora, merge_lora
 from .models import load_model
-from .profiles import Profile, seed_everything
+from .profiles import Profile, run_environment, seed_everything
 from .regularize import (
     Penalty,
     anchor,
@@ -408,4 +408,5 @@ def summarize(profile: Profile, seed: int, plan: Plan, before: Snapshot, results
             "full_old_drop": full.old_drop,
         },
         "seconds": sum(r.seconds for r in results),
+        "environment": run_environment(),
     }

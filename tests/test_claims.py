@@ -1,0 +1,53 @@
+"""``autograder.claims`` and ``autograder.spread``: margins, tolerances, and the spread table of docs/margins.md."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from autograder.claims import CLAIMS, Claim, claim, ordered_gap
+from autograder.spread import markdown, spread_table
+
+
+def test_ordered_gap_is_the_smallest_step_and_negative_when_unsorted():
+    assert ordered_gap([0.1, 0.4, 0.45, 0.9]) == pytest.approx(0.05)
+    assert ordered_gap([0.3, 0.674, 0.653, 0.93]) == pytest.approx(-0.021)
+    assert ordered_gap([0.5, 0.5]) == 0.0
+
+
+def test_a_claim_holds_by_its_margin_and_strictness_and_says_why_it_failed():
+    at_least = Claim("99", "x", "x >= 0.9", lambda r: r["x"] - 0.9)
+    above = Claim("99", "y", "y > 0.9", lambda r: r["x"] - 0.9, strict=True)
+    assert at_least.holds({"x": 0.9}) and not above.holds({"x": 0.9})
+    with pytest.raises(AssertionError, match=r"claim 'y' fails: margin \+0\.0000 \(needs > \+0\.0000\)"):
+        above.check({"x": 0.9})
+    loose = Claim("99", "z", "x >= 0.9 within 0.03", lambda r: r["x"] - 0.9, tolerance=0.03, reason="measured")
+    assert loose.holds({"x": 0.88}) and not loose.holds({"x": 0.86})
+
+
+def test_claims_are_named_uniquely_and_unknown_names_list_the_lab_s_claims():
+    for lab, claims in CLAIMS.items():
+        assert len({c.name for c in claims}) == len(claims), lab
+        assert all(c.lab == lab and c.text for c in claims)
+        assert all(c.reason for c in claims if c.tolerance), "a tolerance needs its measured reason"
+    with pytest.raises(KeyError, match=r"has no claim .nope.*masters_new_task"):
+        claim("01", "nope")
+
+
+def test_the_spread_table_separates_seed_and_platform_spread(tmp_path):
+    def platform(label: str, margins_by_seed: dict[str, float]) -> None:
+        per_seed = {seed: {"masters_new_task": value} for seed, value in margins_by_seed.items()}
+        (tmp_path / f"{label}.json").write_text(json.dumps({"environment": {}, "margins": {"01": per_seed}}))
+
+    platform("avx512", {"0": 0.10, "1": 0.02})
+    platform("avx2", {"0": 0.07, "1": 0.03})
+    (row,) = spread_table(tmp_path)
+    assert row["claim"] == "masters_new_task" and row["runs"] == 4 and row["platforms"] == ["avx2", "avx512"]
+    assert row["min_margin"] == pytest.approx(0.02)
+    assert row["platform_spread"] == pytest.approx(0.03)  # seed 0 moved from 0.10 to 0.07 between platforms
+    assert row["seed_spread"] == pytest.approx(0.08)
+    assert not row["robust"], "a smallest margin of 0.02 does not survive a platform spread of 0.03"
+    platform("avx2", {"0": 0.09, "1": 0.03})
+    (row,) = spread_table(tmp_path)
+    assert row["robust"] and "| 01 | `masters_new_task`" in markdown([row])
