@@ -98,7 +98,7 @@ def test_run_environment_names_versions_and_the_cpu_kernel_path_in_force():
     assert env["torch"] == torch.__version__ and env["threads"] == torch.get_num_threads()
     assert env["transformers"][0].isdigit() and env["peft"][0].isdigit()
     lowered = subprocess.run(
-        [sys.executable, "-c", "import json; from posttrain.profiles import run_environment as e; print(json.dumps(e()))"],
+        [sys.executable, "-c", "import json, posttrain.profiles as p; print(json.dumps(p.run_environment()))"],
         env={**os.environ, "ATEN_CPU_CAPABILITY": "default"},
         capture_output=True,
         text=True,
