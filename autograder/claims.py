@@ -127,8 +127,12 @@ LAB01 = [
     Claim(
         "01",
         "forgetting_grows_1e-4_to_3e-4",
-        "JSON + refusal kept at lr 3e-4 <= at lr 1e-4",
+        "JSON + refusal kept at lr 3e-4 <= at lr 1e-4 (a tie: within two of 100 JSON items)",
         lambda r: _lab01_kept(r, 1e-4) - _lab01_kept(r, 3e-4),
+        tolerance=0.02,
+        reason="at lr 1e-4 and 3e-4 refusal stays 1.00 and JSON 0.90-0.92: the two rates differ by 0 or 1 of the 100 "
+        "JSON items in every seed and platform measured, so the order between them is a tie; the growth of "
+        "forgetting with the learning rate is carried by 3e-4 -> 1e-3 (margin >= 1.15)",
     ),
 ]
 
@@ -166,8 +170,12 @@ LAB02 = [
     Claim(
         "02",
         "full_learns_at_least_lora_r64",
-        "full fine-tuning's best run learns at least as much as rank 64's",
+        "full fine-tuning's best run learns at least as much as rank 64's (a near-tie in seed 1: 0.98 vs 0.97)",
         lambda r: r["best_at_budget"]["full"]["new"] - _lab02_rank_accuracies(r)[-1],
+        tolerance=0.03,
+        reason="seed 1's margin is 0.007 (1 of 144 facts: full 0.979 at lr 3e-3, rank 64 0.972 at 5e-3); the kernel "
+        "paths measured here do not move it, but issue #12 measured runs of this sweep moving by up to 0.03 on "
+        "another machine, so full fine-tuning and rank 64 are a tie within that",
     ),
     Claim(
         "02",
@@ -321,8 +329,8 @@ LAB03 = [
     Claim(
         "03",
         "drift_falls_with_separation",
-        "the old mean's drift falls monotonically with the separation",
-        lambda r: ordered_gap(r["theory"]["drift"]["drift"][::-1]),
+        "the old mean's drift falls monotonically with the separation (margin: smallest fall of log drift)",
+        lambda r: ordered_gap([-math.log(d) for d in r["theory"]["drift"]["drift"]]),
     ),
     Claim(
         "03",
@@ -385,6 +393,8 @@ def lab_results(lab: str, seed: int, work: Path) -> dict:
     from posttrain.profiles import resolve_profile
     from posttrain.tasks import forgetting_benchmark, tiny_forgetting_benchmark
 
+    if lab not in CLAIMS:
+        raise KeyError(f"no claims are defined for lab {lab!r}; choose one of {sorted(CLAIMS)}")
     if seed == 0:
         execute_solution(resolve_lab(REPO_ROOT, lab), work)
         results = json.loads((work / "results" / f"{lab}.json").read_text())
@@ -399,11 +409,9 @@ def lab_results(lab: str, seed: int, work: Path) -> dict:
         bench = forgetting_benchmark(profile, n_per_skill=40, seed=seed, new_task="new_facts")
         before, runs = sweep(profile, bench, PLANS["tiny"], seed=seed)
         return summarize(profile, seed, PLANS["tiny"], before, runs)
-    if lab == "03":
-        from posttrain.retention import PLANS, compare, summarize
-        from posttrain.theory import theory_study
+    from posttrain.retention import PLANS, compare, summarize
+    from posttrain.theory import theory_study
 
-        bench = forgetting_benchmark(profile, n_per_skill=40, seed=seed, new_task="verbose_facts")
-        before, materials, runs = compare(profile, bench, PLANS["tiny"], seed=seed)
-        return summarize(profile, seed, PLANS["tiny"], before, materials, runs, theory_study(seed=seed))
-    raise KeyError(f"no claims are defined for lab {lab!r}; choose one of {sorted(CLAIMS)}")
+    bench = forgetting_benchmark(profile, n_per_skill=40, seed=seed, new_task="verbose_facts")
+    before, materials, runs = compare(profile, bench, PLANS["tiny"], seed=seed)
+    return summarize(profile, seed, PLANS["tiny"], before, materials, runs, theory_study(seed=seed))

@@ -51,3 +51,27 @@ def test_the_spread_table_separates_seed_and_platform_spread(tmp_path):
     platform("avx2", {"0": 0.09, "1": 0.03})
     (row,) = spread_table(tmp_path)
     assert row["robust"] and "| 01 | `masters_new_task`" in markdown([row])
+
+
+def test_docs_margins_shows_the_table_of_the_stored_measurements():
+    from autograder.spread import SPREAD_DIR
+
+    table = markdown(spread_table(SPREAD_DIR))
+    assert table in (SPREAD_DIR.parent / "margins.md").read_text(), (
+        "docs/margins.md is stale: paste the output of `python -m autograder spread --report`"
+    )
+
+
+def test_every_claim_is_measured_on_three_seeds_and_two_kernel_paths_and_clears_the_spread():
+    from autograder.spread import SPREAD_DIR
+
+    rows = {(row["lab"], row["claim"]): row for row in spread_table(SPREAD_DIR)}
+    for lab, claims in CLAIMS.items():
+        for c in claims:
+            row = rows.get((lab, c.name))
+            assert row is not None, f"Lab {lab} claim {c.name!r} has no measured margin; run `autograder spread`"
+            assert row["runs"] >= 6 and {"avx2-2threads", "avx512-2threads"} <= set(row["platforms"]), row
+            assert row["robust"], (
+                f"Lab {lab} claim {c.name!r}: smallest margin {row['min_margin']:+.3f} does not clear the measured "
+                f"platform spread {row['platform_spread']:.3f}; redesign the experiment or name a tolerance"
+            )

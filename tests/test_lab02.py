@@ -5,7 +5,7 @@ Claims of issue #5 (defined once, as margins, in ``autograder.claims``), what th
 (docs/labs/02_lora_and_regularization.md) and their margins against the cross-platform spread (docs/margins.md):
 - LoRA learns less: at the 30-step budget, each method at its best learning rate, new-task accuracy does not
   decrease with the rank and full fine-tuning reaches at least the best LoRA (measured r1 0.31-0.33 < r4 0.51-0.67 <
-  r16 0.68-0.85 < r64 0.88-0.93 <= full 0.94-0.98);
+  r16 0.74-0.85 < r64 0.89-0.97 <= full 0.94-0.98, over lr 1e-3 ... 1e-2 in five steps);
 - full fine-tuning's update is high-rank: median effective rank of its 42 projection updates >= 5x the LoRA rank
   of 4, i.e. >= 20. MEASURED 19.5, 20, 20: the target holds in 2 of 3 seeds and misses by half a rank in seed 0,
   so the test asserts what was measured (>= 19, i.e. >= 4.75x) and the lab and the closing note say so;

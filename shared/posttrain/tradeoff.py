@@ -125,7 +125,7 @@ PLANS = {
         full_lrs=(3e-4, 1e-3, 3e-3),
         full_steps=(30, 60),
         lora_ranks=(1, 4, 16, 64),
-        lora_lrs=(1e-3, 3e-3, 1e-2),
+        lora_lrs=(1e-3, 3e-3, 5e-3, 7e-3, 1e-2),
         l2sp_strengths=(0.1, 1.0),
         ewc_strengths=(1.0, 3.0),
     ),
