@@ -137,6 +137,17 @@ LAB01 = [
 ]
 
 
+def new_facts_are_new(lab: str) -> Claim:
+    """Labs 02-03 train on facts about people no shipped model has seen: tiny-chat must know < 10 % of them."""
+    return Claim(
+        lab,
+        "new_facts_are_new",
+        "tiny-chat knows < 10 % of the new facts before training",
+        lambda r: 0.1 - r["accuracy_before"]["new"],
+        strict=True,
+    )
+
+
 # --- Lab 02: LoRA and regularization (results: posttrain.tradeoff.summarize) --------------------------------------
 
 
@@ -154,13 +165,7 @@ def _lab02_run(results: dict, family: str) -> dict:
 
 
 LAB02 = [
-    Claim(
-        "02",
-        "new_facts_are_new",
-        "tiny-chat knows < 10 % of the new facts before training",
-        lambda r: 0.1 - r["accuracy_before"]["new"],
-        strict=True,
-    ),
+    new_facts_are_new("02"),
     Claim(
         "02",
         "lora_learning_rises_with_rank",
@@ -244,13 +249,7 @@ def _lab03_forgetting(results: dict, *labels: str) -> list[float]:
 
 
 LAB03 = [
-    Claim(
-        "03",
-        "new_facts_are_new",
-        "tiny-chat knows < 10 % of the new facts before training",
-        lambda r: 0.1 - r["accuracy_before"]["new"],
-        strict=True,
-    ),
+    new_facts_are_new("03"),
     Claim(
         "03",
         "plain_sft_learns",
