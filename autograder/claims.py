@@ -55,7 +55,7 @@ class Claim:
     def check(self, results: dict) -> None:
         """Raise ``AssertionError`` naming the claim and its margin when it does not hold on ``results``."""
         value = self.margin(results)
-        assert self.holds(results), (
+        assert self.accepts(value), (
             f"Lab {self.lab} claim {self.name!r} fails: margin {value:+.4f} "
             f"(needs {'>' if self.strict else '>='} {-self.tolerance or 0.0:+.4f}). {self.text}"
         )
