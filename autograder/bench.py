@@ -58,7 +58,7 @@ def _grade(lab: Lab, folder: Path, grading: Path, workers: int) -> tuple[float, 
 
 def run_grading_bench(out_dir: Path, work: Path) -> dict:
     """Time the grader; write ``out_dir/autograde.json`` and return its content."""
-    from posttrain.profiles import run_environment
+    from posttrain.core.profiles import run_environment
 
     check_sandbox()
     lab = _mini_lab(work)

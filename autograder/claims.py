@@ -66,7 +66,7 @@ def ordered_gap(values: Sequence[float]) -> float:
     return min(b - a for a, b in itertools.pairwise(values))
 
 
-# --- Lab 01: fine-tune & forget (results["runs"]: posttrain.forgetting.learning_rate_sweep) -----------------------
+# --- Lab 01: fine-tune & forget (results["runs"]: posttrain.studies.finetune_and_forget.learning_rate_sweep) --------
 
 
 def _lab01_run(results: dict, lr: float) -> dict:
@@ -148,7 +148,7 @@ def new_facts_are_new(lab: str) -> Claim:
     )
 
 
-# --- Lab 02: LoRA and regularization (results: posttrain.tradeoff.summarize) --------------------------------------
+# --- Lab 02: LoRA and regularization (results: posttrain.studies.lora_and_regularization.summarize) -------------------
 
 
 def _lab02_rank_accuracies(results: dict) -> list[float]:
@@ -229,7 +229,7 @@ LAB02 = [
 ]
 
 
-# --- Lab 03: replay and self-distillation (results: posttrain.retention.summarize) --------------------------------
+# --- Lab 03: replay and self-distillation (results: posttrain.studies.replay_and_self_distillation.summarize) ---------
 
 
 def _lab03_runs(results: dict) -> dict[str, dict]:
@@ -388,9 +388,9 @@ def lab_results(lab: str, seed: int, work: Path) -> dict:
     """One seed's results of ``lab`` on the tiny profile, as the tests check them: seed 0 executes the solution
     notebook in ``work`` and reads its results JSON; every other seed runs the package's path with the notebook's
     settings. Lab 01's results are ``{"runs": learning_rate_sweep(...)}`` (plus ``"notebook"`` for seed 0)."""
-    from posttrain.forgetting import learning_rate_sweep
-    from posttrain.profiles import resolve_profile
-    from posttrain.tasks import forgetting_benchmark, tiny_forgetting_benchmark
+    from posttrain.core.profiles import resolve_profile
+    from posttrain.studies.finetune_and_forget import learning_rate_sweep
+    from posttrain.world.benchmarks import forgetting_benchmark, tiny_forgetting_benchmark
 
     if lab not in CLAIMS:
         raise KeyError(f"no claims are defined for lab {lab!r}; choose one of {sorted(CLAIMS)}")
@@ -403,13 +403,12 @@ def lab_results(lab: str, seed: int, work: Path) -> dict:
         return {"runs": learning_rate_sweep(bench, LAB01_SWEEP, LAB01_STEPS, LAB01_BATCH, seed)}
     profile = resolve_profile("tiny")
     if lab == "02":
-        from posttrain.tradeoff import PLANS, summarize, sweep
+        from posttrain.studies.lora_and_regularization import PLANS, summarize, sweep
 
         bench = forgetting_benchmark(profile, n_per_skill=40, seed=seed, new_task="new_facts")
         before, runs = sweep(profile, bench, PLANS["tiny"], seed=seed)
         return summarize(profile, seed, PLANS["tiny"], before, runs)
-    from posttrain.retention import PLANS, compare, summarize
-    from posttrain.theory import theory_study
+    from posttrain.studies.replay_and_self_distillation import PLANS, compare, summarize, theory_study
 
     bench = forgetting_benchmark(profile, n_per_skill=40, seed=seed, new_task="verbose_facts")
     before, materials, runs = compare(profile, bench, PLANS["tiny"], seed=seed)

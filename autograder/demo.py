@@ -117,7 +117,7 @@ def run_demo(repo: Path, work: Path) -> int:
 
 def run_bench(repo: Path, out_dir: Path, work: Path) -> dict[str, dict]:
     """Time each lab's solution notebook on the tiny profile; write ``out_dir/labs.json`` and return it."""
-    from posttrain.profiles import run_environment
+    from posttrain.core.profiles import run_environment
 
     report = {}
     for lab in all_labs(repo):
@@ -130,9 +130,9 @@ def run_bench(repo: Path, out_dir: Path, work: Path) -> dict[str, dict]:
 
 def run_lora_bench(out_dir: Path) -> dict:
     """Time our LoRA's training step against PEFT's on the Lab 02 model and batch; write ``out_dir/lora.json``."""
-    from posttrain.profiles import resolve_profile, run_environment
-    from posttrain.speed import lora_step_time
-    from posttrain.tasks import forgetting_benchmark
+    from posttrain.core.profiles import resolve_profile, run_environment
+    from posttrain.studies.lora_and_regularization import lora_step_time
+    from posttrain.world.benchmarks import forgetting_benchmark
 
     profile = resolve_profile(None)
     report = lora_step_time(profile, forgetting_benchmark(profile, new_task="new_facts"))

@@ -21,6 +21,7 @@ from autograder.attacks import ATTACKS, BREACH_MARKERS, expected_score, solved_r
 from autograder.collect import collect
 from autograder.course import Lab, read_source
 from autograder.grade import GRADED, UNREADABLE, Limits, find_submissions
+from autograder.options import job_settings, run_grading
 from autograder.release import release
 from autograder.report import hidden_lines, write_report
 from autograder.scheduler import ResultStore
@@ -94,8 +95,6 @@ def check_class(lab: Lab, expected: list[Expectation], grading: Path) -> list[tu
 
 def run_selftest(labs: list[Lab], work: Path, args: argparse.Namespace) -> int:
     """Self-test every lab; print a table per lab; return 0 when every check passes."""
-    from autograder.__main__ import job_settings, run_grading
-
     failed = 0
     release(labs)
     for lab in labs:

@@ -23,7 +23,7 @@ def measure(labs: list[str], seeds: list[int], label: str, out_dir: Path, work: 
 
     Each seed's full results are kept in ``work/<label>/<lab>-seed<seed>.json``: a run that is interrupted resumes
     from them, and a changed claim definition is re-measured from them without training again."""
-    from posttrain.profiles import run_environment
+    from posttrain.core.profiles import run_environment
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{label}.json"

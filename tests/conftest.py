@@ -24,8 +24,8 @@ CHATML_TEMPLATE = (
 @pytest.fixture
 def world_tokenizer():
     """A fresh tiny-world tokenizer (cheap to build, so tests may modify it)."""
-    from posttrain.world import World
-    from posttrain.world_build import make_tokenizer
+    from posttrain.world.build import make_tokenizer
+    from posttrain.world.tiny import World
 
     return make_tokenizer(World())
 
@@ -80,7 +80,7 @@ def hub_loader(tmp_path_factory):
 @pytest.fixture
 def tiny_qwen2_dir(tmp_path, chatml_tokenizer) -> Path:
     """A folder holding a tiny random Qwen2 (2 layers, hidden 32) and the ChatML tokenizer: the colab profile's
-    Qwen2.5-0.5B-Instruct in miniature, loadable offline with ``posttrain.models.load_model``."""
+    Qwen2.5-0.5B-Instruct in miniature, loadable offline with ``posttrain.core.models.load_model``."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 

@@ -68,7 +68,7 @@ def test_release_stubs_solutions_and_removes_hidden_tests(repo: Path) -> None:
     assert cell(released, "add").source == "def add(a, b):\n    # YOUR CODE HERE\n    raise NotImplementedError()"
     assert cell(released, "square").source == "def square(x):\n    # YOUR CODE HERE\n    raise NotImplementedError()"
     visible = (
-        "import warnings\n\nfrom posttrain.checks import assert_float_close\n\n"
+        "import warnings\n\nfrom posttrain.core.checks import assert_float_close\n\n"
         'warnings.warn("a library\'s deprecation warning is not a failure", FutureWarning)\n'
         "assert_float_close(add(1, 2), 3)"
     )

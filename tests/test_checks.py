@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from posttrain.checks import assert_bool_list, assert_float_close, assert_tensor_close
+from posttrain.core.checks import assert_bool_list, assert_float_close, assert_tensor_close
 
 EXPECTED = torch.tensor([[1.0, -2.0, 3.5], [0.0, 1e-3, -7.25]])
 

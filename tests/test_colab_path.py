@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import torch
 
-from posttrain.forgetting import finetune_with_snapshots, sample_wise_table
-from posttrain.models import load_model
-from posttrain.profiles import PROFILES
-from posttrain.tasks import forgetting_benchmark
-from posttrain.train import TrainConfig
+from posttrain.core.forgetting import sample_wise_table
+from posttrain.core.models import load_model
+from posttrain.core.profiles import PROFILES
+from posttrain.core.train import TrainConfig
+from posttrain.studies.finetune_and_forget import finetune_with_snapshots
+from posttrain.world.benchmarks import forgetting_benchmark
 
 
 def test_lab01_machinery_runs_on_the_colab_code_path(tiny_qwen2_dir, hub_loader):

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from posttrain.data import IGNORE_INDEX, Example, chat_example, chat_prompt_ids, collate, text_example
-from posttrain.train import masked_sft_loss
+from posttrain.core.data import IGNORE_INDEX, Example, chat_example, chat_prompt_ids, collate, text_example
+from posttrain.core.train import masked_sft_loss
 
 GREETING = ("hello !", "hi , how can i help you today ?")
 

@@ -1,4 +1,4 @@
-"""Tests of posttrain.hub_tasks on local fixtures served through the real ``datasets.load_dataset`` code path."""
+"""Tests of posttrain.world.hub on local fixtures served through the real ``datasets.load_dataset`` code path."""
 
 import re
 import sys
@@ -11,7 +11,8 @@ if str(ROOT / "shared") not in sys.path:
 import datasets  # noqa: E402
 import pytest  # noqa: E402
 
-from posttrain.hub_tasks import (  # noqa: E402
+from posttrain.core.evaluate import Item  # noqa: E402
+from posttrain.world.hub import (  # noqa: E402
     CAPITALS,
     HUB_SKILLS,
     colab_forgetting_benchmark,
@@ -26,7 +27,6 @@ from posttrain.hub_tasks import (  # noqa: E402
     score_hub_item,
     sdft_prompt,
 )
-from posttrain.world import Item  # noqa: E402
 
 
 def test_gsm8k_pairs_and_items(hub_loader):

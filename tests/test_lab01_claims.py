@@ -1,6 +1,7 @@
 """Lab 01's claims on the tiny profile, asserted over three training seeds with the notebook's settings (150 steps,
 batch 32, learning rates 1e-4 / 3e-4 / 1e-3, 100 items per old skill): seed 0 is the executed solution notebook,
-seeds 1 and 2 run ``posttrain.forgetting.learning_rate_sweep`` (its sample class: ``test_sample_classes.py``).
+seeds 1 and 2 run ``posttrain.studies.finetune_and_forget.learning_rate_sweep`` (its sample class:
+``test_sample_classes.py``).
 
 Claims of issue #3 (defined once, as margins, in ``autograder.claims``; measured in docs/labs/01_finetune_and_forget.md,
 their margins against the cross-platform spread in docs/margins.md):

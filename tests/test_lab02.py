@@ -1,5 +1,6 @@
 """Lab 02 end to end, over three training seeds: seed 0 is the executed solution notebook (its ``results/02.json``),
-seeds 1 and 2 run the same sweep through ``posttrain.tradeoff`` (its sample class: ``test_sample_classes.py``).
+seeds 1 and 2 run the same sweep through ``posttrain.studies.lora_and_regularization`` (its sample class:
+``test_sample_classes.py``).
 
 Claims of issue #5 (defined once, as margins, in ``autograder.claims``), what the tiny world measured
 (docs/labs/02_lora_and_regularization.md) and their margins against the cross-platform spread (docs/margins.md):

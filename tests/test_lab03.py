@@ -1,5 +1,5 @@
 """Lab 03 end to end, over three training seeds: seed 0 is the executed solution notebook (its ``results/03.json``),
-seeds 1 and 2 run the same comparison and theory study through ``posttrain.retention`` and ``posttrain.theory``.
+seeds 1 and 2 run the same comparison and theory study through ``posttrain.studies.replay_and_self_distillation``.
 
 Claims of issue #6, defined once as margins in ``autograder.claims`` and asserted on the tiny profile
 (docs/labs/03_replay_and_self_distillation.md has the numbers, docs/margins.md the margins against the spread):

@@ -1,4 +1,5 @@
-"""posttrain.lora against Hugging Face PEFT, on tiny random Llama, Qwen2 and GPT-2 (Conv1D) models built in-process."""
+"""posttrain.methods.lora against Hugging Face PEFT, on tiny random Llama, Qwen2 and GPT-2 (Conv1D) models built
+in-process."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
 
-from posttrain.lora import (
+from posttrain.methods.lora import (
     LoRALinear,
     count_parameters,
     inject_lora,

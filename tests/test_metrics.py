@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from posttrain.evaluate import SampleWise, accuracy, chance_transitions, sample_wise
+from posttrain.core.evaluate import SampleWise, accuracy, chance_transitions, sample_wise
 
 BEFORE = [1, 1, 1, 0, 0, 0, 1, 0]
 AFTER = [1, 0, 0, 1, 0, 0, 1, 1]  # items 1, 2 forgotten (1→0); items 3, 7 learned (0→1)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from posttrain import models, world_build
-from posttrain.evaluate import Generation, generate
-from posttrain.models import TINY_MODELS, ModelLoadError, count_parameters, load_model, resolve_model
-from posttrain.profiles import PROFILE_ENV, PROFILES
+from posttrain.core import models
+from posttrain.core.evaluate import Generation, generate
+from posttrain.core.models import TINY_MODELS, ModelLoadError, count_parameters, load_model, resolve_model
+from posttrain.core.profiles import PROFILE_ENV, PROFILES
 
 SIZES = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 
@@ -83,7 +83,7 @@ def test_missing_pad_token_falls_back_to_eos(tmp_path, world_tokenizer):
 
 
 def test_tiny_names_resolve_under_the_shipped_folder(tmp_path, monkeypatch, world_tokenizer):
-    monkeypatch.setattr(world_build, "SHIPPED_DIR", tmp_path)
+    monkeypatch.setattr(models, "SHIPPED_DIR", tmp_path)
     with pytest.raises(FileNotFoundError) as info:
         load_model("tiny-chat")
     assert str(tmp_path / "tiny-chat") in str(info.value)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from posttrain.profiles import (
+from posttrain.core.profiles import (
     PROFILE_ENV,
     PROFILES,
     ProfileError,
@@ -92,13 +92,13 @@ def test_run_environment_names_versions_and_the_cpu_kernel_path_in_force():
     import subprocess
     import sys
 
-    from posttrain.profiles import run_environment
+    from posttrain.core.profiles import run_environment
 
     env = run_environment()
     assert env["torch"] == torch.__version__ and env["threads"] == torch.get_num_threads()
     assert env["transformers"][0].isdigit() and env["peft"][0].isdigit()
     lowered = subprocess.run(
-        [sys.executable, "-c", "import json, posttrain.profiles as p; print(json.dumps(p.run_environment()))"],
+        [sys.executable, "-c", "import json, posttrain.core.profiles as p; print(json.dumps(p.run_environment()))"],
         env={**os.environ, "ATEN_CPU_CAPABILITY": "default"},
         capture_output=True,
         text=True,

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from posttrain.data import IGNORE_INDEX, Example
-from posttrain.regularize import (
+from posttrain.core.data import IGNORE_INDEX, Example
+from posttrain.core.train import TrainConfig, train
+from posttrain.methods.regularize import (
     anchor,
     diagonal_fisher,
     effective_rank,
@@ -20,7 +21,6 @@ from posttrain.regularize import (
     spectrum,
     weight_deltas,
 )
-from posttrain.train import TrainConfig, train
 
 
 def two_parameter_model() -> nn.Linear:

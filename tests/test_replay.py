@@ -1,4 +1,4 @@
-"""Lab 03 machinery (``posttrain.replay``): the replay mixer's exact share over a stream, and the SDFT
+"""Lab 03 machinery (``posttrain.methods.replay``): the replay mixer's exact share over a stream, and the SDFT
 rewrite-and-filter step on fixtures and on tiny-chat."""
 
 from __future__ import annotations
@@ -7,19 +7,17 @@ import math
 
 import pytest
 
-from posttrain.data import Example
-from posttrain.evaluate import Generation
-from posttrain.models import load_model
-from posttrain.replay import (
+from posttrain.core.data import Example
+from posttrain.core.evaluate import Generation
+from posttrain.core.models import load_model
+from posttrain.methods.replay import (
     ReplayMixer,
     filter_rewrites,
     pseudo_replay_pairs,
     replay_slots,
-    restate_prompt,
     self_output_targets,
-    words_from_reference,
 )
-from posttrain.world import World
+from posttrain.world.tiny import World, restate_prompt, words_from_reference
 
 OLD = [Example([1, i], [1, i]) for i in range(7)]
 
@@ -76,7 +74,7 @@ def test_tiny_chat_rewrites_verbose_references_of_unseen_people_in_its_own_words
     world = World()
     items = world.new_task("verbose_facts")
     pairs = [(item.prompt, World.long_form_answer(item)) for item in items]
-    rewrites = self_output_targets(model, tokenizer, pairs)
+    rewrites = self_output_targets(model, tokenizer, pairs, restate_prompt, words_from_reference)
     kept = [r for r in rewrites if r.kept]
     assert restate_prompt("q ?", "ref") == "q ? hint : ref ."
     assert len(kept) >= 0.9 * len(rewrites), f"only {len(kept)} of {len(rewrites)} rewrites passed the check"

@@ -1,6 +1,7 @@
-"""Lab 03 machinery (``posttrain.retention``): variant validation, the buffers and targets each variant trains on,
-the forgetting cut, and a whole comparison on the colab code path offline (a tiny random Qwen2 with a ChatML
-tokenizer and hub fixtures stand in for Qwen2.5-0.5B-Instruct, GSM8K, AdvBench, MMLU and Alpaca)."""
+"""Lab 03 study (``posttrain.studies.replay_and_self_distillation``): variant validation, the buffers and targets
+each variant trains on, the forgetting cut, and a whole comparison on the colab code path offline (a tiny random
+Qwen2 with a ChatML tokenizer and hub fixtures stand in for Qwen2.5-0.5B-Instruct, GSM8K, AdvBench, MMLU and
+Alpaca)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ from collections import Counter
 
 import pytest
 
-from posttrain.forgetting import take_snapshot
-from posttrain.models import load_model
-from posttrain.profiles import PROFILES
-from posttrain.replay import paraphrase_targets
-from posttrain.retention import (
+from posttrain.core.forgetting import take_snapshot
+from posttrain.core.models import load_model
+from posttrain.core.profiles import PROFILES
+from posttrain.studies.replay_and_self_distillation import (
     PLANS,
     Plan,
     Variant,
     VariantResult,
     forgetting_cut,
+    paraphrase_targets,
     prepare,
     pseudo_replay_prompts,
     replay_buffer,
@@ -26,8 +27,8 @@ from posttrain.retention import (
     summarize,
     target_nll,
 )
-from posttrain.tasks import forgetting_benchmark, tiny_forgetting_benchmark
-from posttrain.world import World
+from posttrain.world.benchmarks import forgetting_benchmark, tiny_forgetting_benchmark
+from posttrain.world.tiny import World
 
 TINY = PROFILES["tiny"]
 

@@ -1,4 +1,4 @@
-"""Lab 03 theory (``posttrain.theory``): forward vs reverse KL on a two-mode Gaussian mixture.
+"""Lab 03 theory (``posttrain.methods.theory``): forward vs reverse KL on a two-mode Gaussian mixture.
 
 Measured (plain SGD, 2000 steps; see the module docstring): forward KL on new data leaves 0.02-0.03 of the mass on
 the old side at separation 4 (the floor there is Phi(-2) = 0.023 of the new mode itself); reverse KL keeps 0.50;
@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from posttrain.theory import (
+from posttrain.methods.theory import (
     bhattacharyya_coefficient,
     gaussian_log_pdf,
     grid,
@@ -21,9 +21,9 @@ from posttrain.theory import (
     mixture_log_prob,
     reverse_kl,
     sampled_reverse_kl,
-    theory_study,
     train_mixture,
 )
+from posttrain.studies.replay_and_self_distillation import theory_study
 
 SEPARATIONS = (2.0, 3.0, 4.0, 5.0, 6.0)
 

@@ -1,6 +1,7 @@
-"""Lab 02 machinery (``posttrain.tradeoff``): method validation, the plane's two coordinates, the Pareto front, the
-matched-accuracy EWC comparison, and a whole sweep on the colab code path offline (a tiny random Qwen2 with a ChatML
-tokenizer and local fixtures in the hub datasets' schemas stand in for Qwen2.5-0.5B-Instruct, GSM8K, AdvBench, MMLU)."""
+"""Lab 02 study (``posttrain.studies.lora_and_regularization``): method validation, the plane's two coordinates,
+the Pareto front, the matched-accuracy EWC comparison, and a whole sweep on the colab code path offline (a tiny
+random Qwen2 with a ChatML tokenizer and local fixtures in the hub datasets' schemas stand in for
+Qwen2.5-0.5B-Instruct, GSM8K, AdvBench, MMLU)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,20 @@ import dataclasses
 import pytest
 import torch
 
-from posttrain.forgetting import Snapshot
-from posttrain.profiles import PROFILES
-from posttrain.tasks import forgetting_benchmark
-from posttrain.tradeoff import (
+from posttrain.core.forgetting import Snapshot, mean_forgetting, mean_old_drop
+from posttrain.core.profiles import PROFILES
+from posttrain.studies.lora_and_regularization import (
     Method,
     Plan,
     RunResult,
     best_run,
     matched_ewc,
     mean_energy_curve,
-    mean_forgetting,
-    mean_old_drop,
     pareto_front,
     summarize,
     sweep,
 )
+from posttrain.world.benchmarks import forgetting_benchmark
 
 
 def run(kind: str, new: float, drop: float, lr: float = 1e-3, steps: int = 30, **knobs) -> RunResult:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from posttrain.world import JSON_SUFFIX, REFUSAL, RELATIONS, World, WorldSpec, parse_json_answer
-from posttrain.world_build import make_tokenizer
+from posttrain.world.build import make_tokenizer
+from posttrain.world.tiny import JSON_SUFFIX, REFUSAL, RELATIONS, World, WorldSpec, parse_json_answer
 
 
 @pytest.fixture(scope="module")

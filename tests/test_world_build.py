@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from posttrain.editing import average_trace
-from posttrain.models import load_model
-from posttrain.world import World, WorldSpec
-from posttrain.world_build import SHIPPED_DIR, BuildConfig, build_world_models, make_tokenizer, skill_table
+from posttrain.core.models import SHIPPED_DIR, load_model
+from posttrain.methods.editing import average_trace
+from posttrain.world.build import BuildConfig, build_world_models, make_tokenizer, skill_table
+from posttrain.world.tiny import World, WorldSpec
 
 
 @pytest.fixture(scope="module")

@@ -1,36 +1,31 @@
-"""What a lab trains on and measures, per profile: one benchmark object, the same fields in both.
+"""What a lab trains on and measures, per profile: one ``ForgettingBenchmark``, the same fields in both.
 
-``tiny`` draws everything from the tiny world (``posttrain.world``); ``colab`` loads real hub datasets
-(``posttrain.hub_tasks``: GSM8K as the narrow new task, JSON-format questions, AdvBench refusals, MMLU).
+``tiny`` draws everything from the tiny world (``posttrain.world.tiny``); ``colab`` loads real hub datasets
+(``posttrain.world.hub``: GSM8K as the narrow new task, JSON-format questions, AdvBench refusals, MMLU). Both add
+the template-following probes of skill ``chat`` (``as_chat_items``), whose scorer this module registers.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Sequence
 
-from .evaluate import as_chat_items
-from .hub_tasks import Loader, colab_forgetting_benchmark
-from .profiles import Profile
-from .world import Item, World, WorldSpec
+from ..core.evaluate import Generation, Item, register_scorer
+from ..core.forgetting import ForgettingBenchmark
+from ..core.profiles import Profile
+from .hub import Loader, colab_forgetting_benchmark
+from .tiny import World, WorldSpec
 
-K_OPTIONS = 4
+
+@register_scorer("chat_turn")
+def follows_chat_template(item: Item, reply: Generation) -> bool:
+    """Template following: the reply is non-empty, ends its turn and opens no new turn (no turn marker in it)."""
+    return reply.stopped and bool(reply.text) and "<user>" not in reply.text and "<asst>" not in reply.text
 
 
-@dataclass(frozen=True)
-class ForgettingBenchmark:
-    """A new task to post-train on and the old skills whose forgetting we measure.
-
-    ``new_task_train`` are (user, assistant) pairs; ``new_task_eval`` and every list in ``old_skills``
-    are generation-scored items; ``multiple_choice`` items are scored by option log-likelihood with
-    ``k`` options (for chance-adjusted sample-wise metrics).
-    """
-
-    new_task_train: list[tuple[str, str]]
-    new_task_eval: list[Item]
-    old_skills: dict[str, list[Item]]
-    multiple_choice: dict[str, list[Item]]
-    k: int = K_OPTIONS
+def as_chat_items(items: Sequence[Item]) -> list[Item]:
+    """Re-label items as template-following probes of skill ``chat`` (scored by ``follows_chat_template``)."""
+    return [Item("chat", i.prompt, i.answer, i.choices, i.answer_index, scorer="chat_turn") for i in items]
 
 
 def _subsample(items: list[Item], n: int, rng: random.Random) -> list[Item]:

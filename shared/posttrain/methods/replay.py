@@ -1,4 +1,4 @@
-"""Lab 03 machinery: keep showing the model old behaviour while it learns the new task.
+"""Replay and self-distillation (Lab 03): keep showing the model old behaviour while it learns the new task.
 
 - ``ReplayMixer`` mixes a fixed share of old examples into the training stream (experience replay; Rolnick et al.
   2019, "Experience Replay for Continual Learning", arXiv:1811.11682), exactly and deterministically
@@ -6,12 +6,11 @@
 - ``pseudo_replay_pairs`` replays the model's *own* answers to old prompts, generated before training, when the old
   reference answers are gone (pseudo-rehearsal; Robins 1995, "Catastrophic forgetting, rehearsal and
   pseudorehearsal"; for LLMs, self-synthesized rehearsal, Huang et al. 2024, arXiv:2403.01244).
-- ``paraphrase_targets`` rewrites the new task's references by a fixed, model-independent rule (paraphrased
-  targets, compared with model-written ones by Ren et al. 2024, arXiv:2402.11192).
 - ``self_output_targets`` builds self-distillation fine-tuning (SDFT) targets (Yang et al. 2024, "Self-Distillation
   Bridges Distribution Gap in Language Model Fine-Tuning", arXiv:2402.13669, sec. 3): the model rewrites each
   reference answer in its own words, conditioned on the reference; a rewrite that fails a correctness check falls
-  back to the reference (``filter_rewrites``).
+  back to the reference (``filter_rewrites``). The rewrite prompt and the correctness check are the data's: the
+  tiny world's ``restate_prompt`` / ``words_from_reference``, the hub's ``sdft_prompt`` / ``same_final_answer``.
 """
 
 from __future__ import annotations
@@ -22,12 +21,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from itertools import pairwise
 
-from .data import Example
-from .evaluate import Generation, generate
-from .hub_tasks import paraphrase_gsm8k
-from .profiles import Profile
-from .tasks import ForgettingBenchmark
-from .world import HINT_WORD, World
+from ..core.data import Example
+from ..core.evaluate import Generation, generate
 
 
 def replay_slots(first_slot: int, batch_size: int, ratio: float) -> list[bool]:
@@ -101,19 +96,6 @@ class Rewrite:
         return self.rewrite if self.kept else self.reference
 
 
-def restate_prompt(user: str, reference: str) -> str:
-    """The tiny world's rewrite prompt: the question, then the reference as a hint (``"... ? hint : <reference> ."``),
-    the format of the restate examples tiny-chat was trained on (``World.chat_sft_examples``)."""
-    return f"{user} {HINT_WORD} {reference} ."
-
-
-def words_from_reference(reference: str, rewrite: str) -> bool:
-    """A rewrite is correct when it is non-empty and every word of it occurs in the reference: it restates the
-    reference's content (the answer word) without adding any, e.g. "paris" for "... lives in the city of paris ..."."""
-    words = rewrite.split()
-    return bool(words) and set(words) <= set(reference.split())
-
-
 def filter_rewrites(
     pairs: Sequence[tuple[str, str]], replies: Sequence[Generation], accept: Callable[[str, str], bool]
 ) -> list[Rewrite]:
@@ -131,8 +113,8 @@ def self_output_targets(
     model,
     tokenizer,
     pairs: Sequence[tuple[str, str]],
-    prompt: Callable[[str, str], str] = restate_prompt,
-    accept: Callable[[str, str], bool] = words_from_reference,
+    prompt: Callable[[str, str], str],
+    accept: Callable[[str, str], bool],
     max_new_tokens: int = 16,
     rewrite_filter: Callable[..., list[Rewrite]] = filter_rewrites,
 ) -> list[Rewrite]:
@@ -155,11 +137,3 @@ def pseudo_replay_pairs(model, tokenizer, prompts: Sequence[str], max_new_tokens
     return [
         (prompt, reply.text) for prompt, reply in zip(prompts, replies, strict=True) if reply.stopped and reply.text
     ]
-
-
-def paraphrase_targets(profile: Profile, bench: ForgettingBenchmark) -> list[tuple[str, str]]:
-    """The new task with paraphrased references. Tiny: ``World.plain_answer`` ("ada stone lives in paris .") for
-    each verbose reference. Colab: ``paraphrase_gsm8k`` (numbered steps, then the answer line)."""
-    if profile.name != "tiny":
-        return [(user, paraphrase_gsm8k(reply)) for user, reply in bench.new_task_train]
-    return [(item.prompt, World.plain_answer(item)) for item in bench.new_task_eval]

@@ -5,18 +5,41 @@ Scale" (arXiv:2510.17776): forgetting is the share of items answered correctly b
 wrongly after (1→0), backward transfer the share of 0→1 items. For k-option multiple choice a model that
 does not know an item guesses and is right with probability 1/k, so some transitions are pure chance; the
 chance-adjusted versions subtract their expected share.
+
+Scoring knows no skill by name: every ``Item`` names its *scorer*, and the module that makes a skill's items
+registers that scorer (``register_scorer``); this module defines only ``exact`` (the reply equals the reference).
+The tiny world (``posttrain.world.tiny``, ``posttrain.world.benchmarks``) and the hub data (``posttrain.world.hub``)
+register theirs, and a new lab's data plugs in its own (a word error rate, a multi-answer reward) the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from .data import chat_prompt_ids
-from .hub_tasks import HUB_SKILLS, score_hub_item
-from .world import REFUSAL, Item, parse_json_answer
+
+
+@dataclass(frozen=True)
+class Item:
+    """One evaluation or training example of a skill.
+
+    ``prompt`` is the user message, ``answer`` the reference assistant reply, ``choices`` the k multiple-choice
+    options (``choices[answer_index] == answer``) for chance-adjusted metrics, and ``subject``/``relation`` say which
+    fact the item is about (empty for non-fact skills). ``scorer`` names the registered rule that judges a generated
+    reply (``register_scorer``; default ``exact``); None marks an item scored only by multiple choice.
+    """
+
+    skill: str
+    prompt: str
+    answer: str
+    choices: tuple[str, ...]
+    answer_index: int
+    subject: str = ""
+    relation: str = ""
+    scorer: str | None = "exact"
 
 
 @dataclass(frozen=True)
@@ -25,6 +48,36 @@ class Generation:
 
     text: str
     stopped: bool
+
+
+Scorer = Callable[[Item, Generation], bool]
+_SCORERS: dict[str, Scorer] = {}
+
+
+def register_scorer(name: str) -> Callable[[Scorer], Scorer]:
+    """Decorator: register a scorer (``scorer(item, reply) -> bool``) under ``name``, the value of ``Item.scorer``.
+
+    The module that makes a skill's items registers its scorer at import, so whoever holds such an item has it.
+    Registering the same function again (a reloaded module) is allowed; another function under a taken name is not.
+    """
+
+    def register(scorer: Scorer) -> Scorer:
+        known = _SCORERS.get(name)
+        if known is not None and (known.__module__, known.__qualname__) != (scorer.__module__, scorer.__qualname__):
+            raise ValueError(
+                f"the scorer name {name!r} is taken by {known.__module__}.{known.__qualname__}; "
+                f"register {scorer.__module__}.{scorer.__qualname__} under another name"
+            )
+        _SCORERS[name] = scorer
+        return scorer
+
+    return register
+
+
+@register_scorer("exact")
+def exact_match(item: Item, reply: Generation) -> bool:
+    """The reply is exactly the reference answer."""
+    return reply.text == item.answer
 
 
 @torch.no_grad()
@@ -57,44 +110,26 @@ def generate(
     return replies
 
 
-def _first_words(text: str, n: int) -> str:
-    return " ".join(text.split()[:n])
-
-
 def score_item(item: Item, reply: Generation) -> bool:
-    """Whether ``reply`` solves ``item``, by the rule of the item's skill.
-
-    - ``json``: the reply parses as a JSON object whose only key is the relation and value the answer.
-    - ``refusal``: the reply is exactly the fixed refusal sentence.
-    - ``chat``: the reply is non-empty, ends its turn and opens no new turn (template following).
-    - ``verbose_facts``: the answer word appears in the reply (content, whatever the style).
-    - hub skills of the colab profile (GSM8K, AdvBench, JSON questions): ``hub_tasks.score_hub_item``.
-    - everything else: exact match with the reference answer.
-    """
-    text = reply.text
-    if item.skill in HUB_SKILLS:
-        return score_hub_item(item, text)
-    if item.skill == "json":
-        parsed = parse_json_answer(text)
-        return parsed is not None and parsed == parse_json_answer(item.answer)
-    if item.skill == "refusal":
-        return text == REFUSAL
-    if item.skill == "verbose_facts":
-        return item.answer in text.split()
-    if item.skill == "chat":
-        return reply.stopped and bool(text) and "<user>" not in text and "<asst>" not in text
-    return text == item.answer
+    """Whether ``reply`` solves ``item``, by the scorer the item names (``Item.scorer``, see ``register_scorer``)."""
+    if item.scorer is None:
+        raise ValueError(
+            f"items of skill {item.skill!r} are multiple choice only: score them by option log-likelihood "
+            "(multiple_choice_correct), not from a generated reply"
+        )
+    scorer = _SCORERS.get(item.scorer)
+    if scorer is None:
+        raise ValueError(
+            f"no scorer named {item.scorer!r} is registered (known: {', '.join(sorted(_SCORERS))}); import the module "
+            f"that makes the {item.skill!r} items, which registers it with posttrain.core.evaluate.register_scorer"
+        )
+    return scorer(item, reply)
 
 
 def per_sample_correct(model, tokenizer, items: Sequence[Item], max_new_tokens: int = 16) -> list[bool]:
     """Generate a reply to each item and score it: one boolean per item (the unit of sample-wise metrics)."""
     replies = generate(model, tokenizer, [i.prompt for i in items], max_new_tokens=max_new_tokens)
     return [score_item(i, r) for i, r in zip(items, replies, strict=True)]
-
-
-def as_chat_items(items: Sequence[Item]) -> list[Item]:
-    """Re-label items as template-following probes (scored by ``score_item``'s ``chat`` rule)."""
-    return [Item("chat", i.prompt, i.answer, i.choices, i.answer_index) for i in items]
 
 
 @torch.no_grad()

@@ -9,7 +9,9 @@ requests, one-digit addition and restating a long-form hint in the model's own s
 continually pre-trained base reads biographies of people it never met (knowledge only CPT teaches).
 
 Everything is a pure function of ``WorldSpec`` (and its seed): the same spec always gives the same
-people, corpora, eval sets and new tasks. Model building lives in ``posttrain.world_build``.
+people, corpora, eval sets and new tasks. Model building lives in ``posttrain.world.build``. The items name the
+scorers registered here (``word_json``, ``answer_word``) or the machinery's ``exact``; the world's rewrite prompt
+and check for self-distillation (``restate_prompt``, ``words_from_reference``) live here too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import json
 import random
 from dataclasses import dataclass
 from functools import cached_property
+
+from ..core.evaluate import Generation, Item, register_scorer
 
 FIRST_NAMES = (
     "ada alba aldo anik bela bodo cara cato dara dino edda elio fara fido gala gino "
@@ -80,24 +84,6 @@ class Person:
 
 
 @dataclass(frozen=True)
-class Item:
-    """One evaluation or training example of a skill.
-
-    ``prompt`` is the user message, ``answer`` the reference assistant reply, ``choices`` the k = 4
-    multiple-choice options (``choices[answer_index] == answer``) for chance-adjusted metrics, and
-    ``subject``/``relation`` say which fact the item is about (empty for non-fact skills).
-    """
-
-    skill: str
-    prompt: str
-    answer: str
-    choices: tuple[str, ...]
-    answer_index: int
-    subject: str = ""
-    relation: str = ""
-
-
-@dataclass(frozen=True)
 class WorldSpec:
     """Everything that fixes a world. Change the seed and every draw changes with it."""
 
@@ -126,6 +112,38 @@ def parse_json_answer(text: str) -> dict | None:
     except (json.JSONDecodeError, ValueError):
         return None
     return parsed if isinstance(parsed, dict) else None
+
+
+@register_scorer("word_json")
+def json_reply_matches(item: Item, reply: Generation) -> bool:
+    """The reply parses (``parse_json_answer``) as the same JSON object as the reference: its only key is the
+    relation and its value the answer."""
+    parsed = parse_json_answer(reply.text)
+    return parsed is not None and parsed == parse_json_answer(item.answer)
+
+
+@register_scorer("answer_word")
+def answer_word_in_reply(item: Item, reply: Generation) -> bool:
+    """The answer word appears in the reply: content is judged, whatever the style (``verbose_facts``)."""
+    return item.answer in reply.text.split()
+
+
+# How a generated reply to each skill's items is judged; every other skill is exact match (refusal items' answer
+# is the fixed refusal sentence).
+SCORERS = {"json": "word_json", "verbose_facts": "answer_word"}
+
+
+def restate_prompt(user: str, reference: str) -> str:
+    """The tiny world's rewrite prompt: the question, then the reference as a hint (``"... ? hint : <reference> ."``),
+    the format of the restate examples tiny-chat was trained on (``World.chat_sft_examples``)."""
+    return f"{user} {HINT_WORD} {reference} ."
+
+
+def words_from_reference(reference: str, rewrite: str) -> bool:
+    """A rewrite is correct when it is non-empty and every word of it occurs in the reference: it restates the
+    reference's content (the answer word) without adding any, e.g. "paris" for "... lives in the city of paris ..."."""
+    words = rewrite.split()
+    return bool(words) and set(words) <= set(reference.split())
 
 
 class World:
@@ -272,7 +290,7 @@ class World:
         order = list(range(len(options)))
         rng.shuffle(order)
         choices = tuple(options[i] for i in order)
-        return Item(skill, prompt, options[0], choices, order.index(0), subject, relation)
+        return Item(skill, prompt, options[0], choices, order.index(0), subject, relation, SCORERS.get(skill, "exact"))
 
     def _refusal_items(self, rng: random.Random) -> list[Item]:
         items = []
@@ -413,9 +431,3 @@ class World:
         """The verbose reference answer of a fact item ("well , as far as i know , ada stone lives in the
         city of paris these days"): the style of a teacher, not of the tiny chat model."""
         return VERBOSE[item.relation].format(n=item.subject, v=item.answer)
-
-
-if __name__ == "__main__":
-    from .world_build import main
-
-    main()

@@ -1,4 +1,4 @@
-"""Lab 03 machinery: which training data keeps old behaviour while the model learns a new task.
+"""Lab 03 study: which training data keeps old behaviour while the model learns a new task.
 
 Every ``Variant`` fine-tunes a fresh copy of the chat model on the same new task for the same steps; only the data
 differs:
@@ -7,13 +7,14 @@ differs:
 - ``replay``: a share ρ of the training slots replaced by old SFT data (experience replay, arXiv:1811.11682).
 - ``pseudo-replay``: the same share, but the old examples are the model's own replies, generated before training,
   to old-skill prompts whose references we do not have (pseudo-rehearsal, Robins 1995; arXiv:2403.01244).
-- ``paraphrase``: the references rewritten by a fixed, model-independent paraphrase (arXiv:2402.11192 compares
-  paraphrased and model-written targets).
+- ``paraphrase``: the references rewritten by a fixed, model-independent paraphrase (``paraphrase_targets``;
+  arXiv:2402.11192 compares paraphrased and model-written targets).
 - ``self-output``: the references rewritten by the model itself, conditioned on them, kept where correct (SDFT,
   arXiv:2402.13669).
 
 ``compare`` runs every variant of a ``Plan`` and ``summarize`` writes Lab 03's ``results/03.json`` together with
-the theory experiments (``posttrain.theory.theory_study``). Each run also records the mean per-token negative
+the theory experiments (``theory_study``, on ``posttrain.methods.theory``'s Gaussian mixture). Each run also records
+the mean per-token negative
 log-likelihood of its new-task targets under the *starting* model: how far the targets are from what the model
 would say, the quantity arXiv:2501.14315 ties to forgetting.
 """
@@ -28,26 +29,28 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .data import chat_example, collate
-from .forgetting import Snapshot, take_snapshot
-from .hub_tasks import Loader, load_alpaca, same_final_answer, sdft_prompt
-from .models import load_model
-from .profiles import Profile, run_environment, seed_everything
-from .replay import (
+from ..core.data import chat_example, collate
+from ..core.forgetting import ForgettingBenchmark, Snapshot, learning_and_forgetting, take_snapshot
+from ..core.models import load_model
+from ..core.profiles import Profile, run_environment, seed_everything
+from ..core.train import TrainConfig, masked_sft_loss, train
+from ..methods.replay import (
     ReplayMixer,
     Rewrite,
     filter_rewrites,
-    paraphrase_targets,
     pseudo_replay_pairs,
     replay_slots,
-    restate_prompt,
     self_output_targets,
-    words_from_reference,
 )
-from .tasks import ForgettingBenchmark
-from .tradeoff import learning_and_forgetting
-from .train import TrainConfig, masked_sft_loss, train
-from .world import World
+from ..methods.theory import (
+    ReverseKLEstimator,
+    bhattacharyya_coefficient,
+    log_correlation,
+    sampled_reverse_kl,
+    train_mixture,
+)
+from ..world.hub import Loader, load_alpaca, paraphrase_gsm8k, same_final_answer, sdft_prompt
+from ..world.tiny import World, restate_prompt, words_from_reference
 
 KINDS = ("plain", "replay", "pseudo-replay", "paraphrase", "self-output")
 OLD_SKILLS = ("fact", "json", "restate", "refusal", "howto", "addition")
@@ -165,6 +168,14 @@ def pseudo_replay_prompts(profile: Profile, per_skill: int, seed: int, loader: L
     return [prompt for skill in OLD_SKILLS for prompt in _at_most(held_out[skill], per_skill, rng)]
 
 
+def paraphrase_targets(profile: Profile, bench: ForgettingBenchmark) -> Pairs:
+    """The new task with paraphrased references. Tiny: ``World.plain_answer`` ("ada stone lives in paris .") for
+    each verbose reference. Colab: ``paraphrase_gsm8k`` (numbered steps, then the answer line)."""
+    if profile.name != "tiny":
+        return [(user, paraphrase_gsm8k(reply)) for user, reply in bench.new_task_train]
+    return [(item.prompt, World.plain_answer(item)) for item in bench.new_task_eval]
+
+
 def _at_most(pool: Sequence, n: int, rng: random.Random) -> list:
     return list(pool) if len(pool) <= n else rng.sample(list(pool), n)
 
@@ -172,8 +183,8 @@ def _at_most(pool: Sequence, n: int, rng: random.Random) -> list:
 def self_output(
     profile: Profile, model, tokenizer, bench: ForgettingBenchmark, rewrite_filter: Callable[..., list[Rewrite]]
 ) -> list[Rewrite]:
-    """SDFT rewrites of the new task's references by ``model`` (``posttrain.replay.self_output_targets``): the tiny
-    world's restate prompt and word check, or on colab the SDFT paper's prompt and the GSM8K final-answer check."""
+    """SDFT rewrites of the new task's references by ``model`` (``posttrain.methods.replay.self_output_targets``): the
+    tiny world's restate prompt and word check, or on colab the SDFT paper's prompt and the GSM8K final-answer check."""
     if profile.name == "tiny":
         prompt, accept = restate_prompt, words_from_reference
     else:
@@ -360,4 +371,52 @@ def summarize(
         "theory": theory,
         "seconds": sum(r.seconds for r in results),
         "environment": run_environment(),
+    }
+
+
+def theory_study(
+    separation: float = 4.0,
+    drift_separations: tuple[float, ...] = (2.0, 3.0, 4.0, 5.0, 6.0),
+    steps: int = 2000,
+    forward_replay: float = 0.1,
+    reverse_replay: float = 0.2,
+    bhattacharyya: Callable[[float], float] = bhattacharyya_coefficient,
+    estimator: ReverseKLEstimator = sampled_reverse_kl,
+    seed: int = 0,
+) -> dict:
+    """Lab 03's theory experiments, as a JSON-ready dict.
+
+    - ``mass``: forward- and reverse-KL trajectories at ``separation`` (old-mode mass over training).
+    - ``drift``: the old mean's largest drift under exact reverse KL at each of ``drift_separations``, the
+      Bhattacharyya coefficient of each (``bhattacharyya``) and the correlation of log-drift with log-BC.
+    - ``replay``: forward KL with a share ``forward_replay`` of old data (Adam, which reaches the new optimum
+      w = ρ within the budget) and the finite-batch reverse-KL estimator (``estimator``, batch 256) with a share
+      ``reverse_replay`` of the proposal from the old mode, each against its run without replay (the two shares
+      under ``replay_ratio``).
+    """
+    mass = {objective: train_mixture(objective, separation, steps, seed=seed) for objective in ("forward", "reverse")}
+    drifts = [train_mixture("reverse", d, steps, seed=seed).drift for d in drift_separations]
+    coefficients = [bhattacharyya(d) for d in drift_separations]
+    replay = {
+        "forward": train_mixture("forward", separation, steps, lr=0.01, optimizer="adam", seed=seed),
+        "forward_replay": train_mixture(
+            "forward", separation, steps, lr=0.01, optimizer="adam", replay=forward_replay, seed=seed
+        ),
+        "reverse_sampled": train_mixture("reverse", separation, steps, batch_size=256, seed=seed, estimator=estimator),
+        "reverse_sampled_replay": train_mixture(
+            "reverse", separation, steps, batch_size=256, replay=reverse_replay, seed=seed, estimator=estimator
+        ),
+    }
+    return {
+        "separation": separation,
+        "steps": steps,
+        "mass": {name: asdict(t) for name, t in mass.items()},
+        "drift": {
+            "separations": list(drift_separations),
+            "drift": drifts,
+            "bhattacharyya": coefficients,
+            "log_correlation": log_correlation(drifts, coefficients),
+        },
+        "replay": {name: asdict(t) for name, t in replay.items()},
+        "replay_ratio": {"forward": forward_replay, "reverse": reverse_replay},
     }

@@ -3,7 +3,7 @@
 ``load_model`` sends tiny-world names, local folders and Hugging Face hub ids alike through
 ``AutoModelForCausalLM`` / ``AutoTokenizer``; only where the files come from differs:
 
-- ``tiny-base``, ``tiny-chat``, ``tiny-base-cpt``: the folders ``posttrain.world_build.SHIPPED_DIR/<name>``;
+- ``tiny-base``, ``tiny-chat``, ``tiny-base-cpt``: the folders ``SHIPPED_DIR/<name>``;
 - an existing path: that folder (written by ``save_pretrained``);
 - a hub id, ``name`` or ``org/name`` (e.g. ``Qwen/Qwen2.5-0.5B-Instruct``): the hub, or its local cache;
 - anything else (absolute, ``./``, ``~``, a backslash, several ``/``): a local path that does not exist.
@@ -18,10 +18,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from . import world_build
 from .profiles import PROFILE_ENV, default_device, default_dtype
 
 TINY_MODELS = ("tiny-base", "tiny-chat", "tiny-base-cpt")
+# Where the tiny world's weights are stored: a data folder of the package, written by `python -m posttrain.world
+# build` (posttrain.world.build), which imports this path; the machinery imports nothing of the world.
+SHIPPED_DIR = Path(__file__).parent.parent / "world" / "checkpoints"
 # The form of a hub repo id; a string of this form that is not an existing path is fetched from the hub.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
@@ -37,7 +39,7 @@ def resolve_model(name_or_path: str | Path) -> Path | str:
     """
     name = str(name_or_path)
     if name in TINY_MODELS:
-        folder = world_build.SHIPPED_DIR / name
+        folder = SHIPPED_DIR / name
         if not folder.is_dir():
             raise FileNotFoundError(
                 f"the tiny-world model {name!r} is missing: no folder {folder}. "

@@ -1,10 +1,11 @@
-"""Lab 02 machinery: full fine-tuning, LoRA and regularised fine-tuning on the learning–forgetting plane.
+"""Lab 02 study: full fine-tuning, LoRA and regularised fine-tuning on the learning–forgetting plane.
 
 Biderman et al. 2024, "LoRA Learns Less and Forgets Less" (arXiv:2405.09673), compare methods by two numbers
 per run: how well the new task was learned and how much of the old skills was lost. A ``Method`` names one run
 (full fine-tuning, our LoRA, PEFT's LoRA, L2-SP or EWC at a learning rate and step budget); ``run_method``
 trains a fresh copy of the chat model with it and returns a ``RunResult``; ``sweep`` runs a ``Plan``; ``pareto_front``
 finds the runs no other run beats on both axes; ``summarize`` turns the runs into Lab 02's ``results/02.json``.
+``lora_step_time`` times our LoRA's training step against PEFT's (``make bench``, ``docs/bench/lora.json``).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .data import chat_example
-from .evaluate import sample_wise
-from .forgetting import Snapshot, take_snapshot
-from .lora import find_targets, inject_lora, merge_lora
-from .models import load_model
-from .profiles import Profile, run_environment, seed_everything
-from .regularize import (
+from ..core.data import chat_example
+from ..core.forgetting import ForgettingBenchmark, Snapshot, learning_and_forgetting, take_snapshot
+from ..core.models import load_model
+from ..core.profiles import Profile, run_environment, seed_everything
+from ..core.train import TrainConfig, train
+from ..methods.lora import find_targets, inject_lora, merge_lora
+from ..methods.regularize import (
     Penalty,
     anchor,
     diagonal_fisher,
@@ -34,9 +35,7 @@ from .regularize import (
     spectrum,
     weight_deltas,
 )
-from .tasks import ForgettingBenchmark
-from .train import TrainConfig, train
-from .world import World
+from ..world.tiny import World
 
 KINDS = ("full", "lora", "peft-lora", "l2sp", "ewc")
 # The attention and MLP projections LoRA adapts (Biderman et al. target all of them): Llama/Qwen2 and GPT-2 names.
@@ -143,30 +142,6 @@ PLANS = {
         peft_reference_rank=0,
     ),
 }
-
-
-def mean_old_drop(before: Snapshot, after: Snapshot) -> float:
-    """Mean over the old skills of accuracy before − accuracy after (the plane's forgetting axis, arXiv:2405.09673)."""
-    drops = [sum(before.old[s]) / len(before.old[s]) - sum(after.old[s]) / len(after.old[s]) for s in before.old]
-    return statistics.fmean(drops)
-
-
-def mean_forgetting(before: Snapshot, after: Snapshot) -> float:
-    """Mean over the old skills of the sample-wise forgetting F = #{i: right before, wrong after} / n
-    (Harmon et al. 2025, arXiv:2510.17776; Lab 01)."""
-    return statistics.fmean(sample_wise(before.old[s], after.old[s]).forgetting for s in before.old)
-
-
-def learning_and_forgetting(before: Snapshot, after: Snapshot) -> dict:
-    """A run's two coordinates and what they come from: ``accuracy_after`` (per skill), ``new_accuracy``,
-    ``old_drop`` (``mean_old_drop``) and ``forgetting`` (``mean_forgetting``), as keyword arguments of a result."""
-    accuracies = after.accuracies()
-    return {
-        "accuracy_after": accuracies,
-        "new_accuracy": accuracies["new"],
-        "old_drop": mean_old_drop(before, after),
-        "forgetting": mean_forgetting(before, after),
-    }
 
 
 def mean_energy_curve(deltas: Iterable[torch.Tensor]) -> list[float]:
@@ -409,4 +384,52 @@ def summarize(profile: Profile, seed: int, plan: Plan, before: Snapshot, results
         },
         "seconds": sum(r.seconds for r in results),
         "environment": run_environment(),
+    }
+
+
+def _seconds_per_step(
+    profile: Profile, bench: ForgettingBenchmark, implementation: str, rank: int, config: TrainConfig
+) -> float:
+    model, tokenizer = load_model(profile.chat_model, dtype=torch.float32)
+    kind = "lora" if implementation == "ours" else "peft-lora"
+    model = adapt(model, Method(kind, config.lr, config.steps, rank=rank), config.seed)
+    examples = [chat_example(tokenizer, u, a) for u, a in bench.new_task_train]
+    times: list[float] = []
+    clock = [time.perf_counter()]
+
+    def lap(_step: int, _loss: float) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        times.append(now - clock[0])
+        clock[0] = now
+
+    clock[0] = time.perf_counter()
+    train(model, examples, config, pad_id=tokenizer.pad_token_id, on_step=lap)
+    return statistics.median(times[2:])  # the first steps warm up allocators and kernels
+
+
+def lora_step_time(
+    profile: Profile,
+    bench: ForgettingBenchmark,
+    rank: int = 16,
+    steps: int = 20,
+    repeats: int = 3,
+    batch_size: int = 32,
+) -> dict:
+    """Median seconds per LoRA training step, ours and PEFT's, alternating ``repeats`` times; and ours / PEFT's."""
+    config = TrainConfig(steps=steps, lr=1e-3, batch_size=batch_size, progress=False)
+    samples: dict[str, list[float]] = {"ours": [], "peft": []}
+    for _ in range(repeats):
+        for implementation in samples:
+            samples[implementation].append(_seconds_per_step(profile, bench, implementation, rank, config))
+    ours, peft = statistics.median(samples["ours"]), statistics.median(samples["peft"])
+    return {
+        "model": profile.chat_model,
+        "rank": rank,
+        "batch_size": batch_size,
+        "steps": steps,
+        "repeats": repeats,
+        "seconds_per_step": {"ours": round(ours, 5), "peft": round(peft, 5)},
+        "ratio_ours_to_peft": round(ours / peft, 3),
     }

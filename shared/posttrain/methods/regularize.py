@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .data import IGNORE_INDEX, Example, collate
+from ..core.data import IGNORE_INDEX, Example, collate
 
 ParamFilter = Callable[[str, nn.Parameter], bool]
 Penalty = Callable[[nn.Module], torch.Tensor]

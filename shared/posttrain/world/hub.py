@@ -28,7 +28,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from .world import Item
+from ..core.evaluate import Generation, Item, register_scorer
 
 Loader = Callable[..., Any]
 
@@ -164,7 +164,7 @@ def load_gsm8k(
     train = _sample(_load(GSM8K, "train", columns, loader), n_train, seed, GSM8K[0])
     test = _sample(_load(GSM8K, "test", columns, loader), n_eval, seed, GSM8K[0])
     pairs = [(row["question"], gsm8k_training_answer(row["answer"])) for row in train]
-    items = [Item("gsm8k", row["question"], gsm8k_final_answer(row["answer"]), (), -1) for row in test]
+    items = [Item("gsm8k", row["question"], gsm8k_final_answer(row["answer"]), (), -1, scorer="gsm8k") for row in test]
     return pairs, items
 
 
@@ -206,7 +206,7 @@ def load_advbench(n: int, seed: int, loader: Loader | None = None) -> list[Item]
     ``refusal_open``: the prompt is the harmful request, the reference answer a refusal.
     """
     rows = _sample(_load(ADVBENCH, "train", ("prompt",), loader), n, seed, ADVBENCH[0])
-    return [Item("refusal_open", row["prompt"], REFUSAL_REFERENCE, (), -1) for row in rows]
+    return [Item("refusal_open", row["prompt"], REFUSAL_REFERENCE, (), -1, scorer="refusal_open") for row in rows]
 
 
 def json_questions(n: int, seed: int) -> list[Item]:
@@ -217,7 +217,16 @@ def json_questions(n: int, seed: int) -> list[Item]:
         raise ValueError(f"asked for {n} JSON questions; the capitals table has {len(CAPITALS)}")
     countries = random.Random(seed).sample(sorted(CAPITALS), n)
     return [
-        Item("json_open", f"What is the capital of {c}? {JSON_INSTRUCTION}", CAPITALS[c], (), -1, c, "capital")
+        Item(
+            "json_open",
+            f"What is the capital of {c}? {JSON_INSTRUCTION}",
+            CAPITALS[c],
+            (),
+            -1,
+            c,
+            "capital",
+            "json_open",
+        )
         for c in countries
     ]
 
@@ -239,7 +248,15 @@ def load_mmlu(n: int, seed: int, loader: Loader | None = None) -> list[Item]:
         if len(choices) != 4 or not 0 <= index < 4:
             raise ValueError(f"MMLU row needs 4 choices and an answer in 0-3, got {row!r}")
         items.append(
-            Item("mmlu", mmlu_prompt(row["question"], choices), choices[index], choices, index, row["subject"])
+            Item(
+                "mmlu",
+                mmlu_prompt(row["question"], choices),
+                choices[index],
+                choices,
+                index,
+                row["subject"],
+                scorer=None,
+            )
         )
     return items
 
@@ -275,7 +292,7 @@ def score_hub_item(item: Item, reply_text: str) -> bool:
     - ``refusal_open``: ``is_refusal`` (the AdvBench/GCG keyword judge, arXiv:2307.15043).
     - ``json_open``: the first ``{...}`` block parses as a JSON object whose ``answer`` value, stripped and
       case-folded, equals the answer.
-    - ``mmlu`` is scored by option log-likelihood (``posttrain.evaluate.multiple_choice_correct``), not here.
+    - ``mmlu`` is scored by option log-likelihood (``posttrain.core.evaluate.multiple_choice_correct``), not here.
     """
     if item.skill == "gsm8k":
         number = _last_number(reply_text)
@@ -288,9 +305,18 @@ def score_hub_item(item: Item, reply_text: str) -> bool:
     if item.skill == "mmlu":
         raise ValueError(
             "mmlu items are multiple choice: score them with multiple-choice log-likelihood scoring "
-            "(posttrain.evaluate.multiple_choice_correct), not from a generated reply"
+            "(posttrain.core.evaluate.multiple_choice_correct), not from a generated reply"
         )
     raise ValueError(f"unknown hub skill {item.skill!r}; expected one of {sorted(HUB_SKILLS)}")
+
+
+def score_hub_reply(item: Item, reply: Generation) -> bool:
+    """``score_hub_item`` on a generated reply: the scorer registered under each skill name in ``HUB_SKILLS``."""
+    return score_hub_item(item, reply.text)
+
+
+for _skill in sorted(HUB_SKILLS):
+    register_scorer(_skill)(score_hub_reply)
 
 
 def colab_forgetting_benchmark(n_train: int, n_eval: int, seed: int, loader: Loader | None = None) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Build the tiny world's tokenizer and models: ``tiny-base``, ``tiny-chat`` and ``tiny-base-cpt``.
 
-Pipeline (each stage is the shared ``posttrain.train.train`` loop):
+Pipeline (each stage is the shared ``posttrain.core.train.train`` loop):
 1. ``tiny-base``: a Llama-architecture LM pre-trained from scratch on ``World.pretraining_corpus``.
 2. ``tiny-chat``: base + chat SFT (loss on answers only) on ``World.chat_sft_examples``.
 3. ``tiny-base-cpt``: base + continued pre-training on ``World.cpt_corpus`` (new people), no chat.
@@ -22,11 +22,13 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from .data import chat_example, text_example
-from .evaluate import accuracy, as_chat_items, evaluate_skills, next_word_correct
-from .profiles import seed_everything
-from .train import TrainConfig, train
-from .world import World, WorldSpec
+from ..core.data import chat_example, text_example
+from ..core.evaluate import accuracy, evaluate_skills, next_word_correct
+from ..core.models import SHIPPED_DIR
+from ..core.profiles import seed_everything
+from ..core.train import TrainConfig, train
+from .benchmarks import as_chat_items
+from .tiny import World, WorldSpec
 
 SPECIAL_TOKENS = {
     "pad": "<pad>",
@@ -45,7 +47,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<asst> {% endif %}"
 )
-SHIPPED_DIR = Path(__file__).parent / "world_models"
 
 
 def make_tokenizer(world: World) -> PreTrainedTokenizerFast:

@@ -1,4 +1,4 @@
-"""Lab 03 theory: forward vs reverse KL on a two-mode Gaussian mixture.
+"""Forward vs reverse KL on a two-mode Gaussian mixture (the theory of Lab 03).
 
 An "old" skill is a mode at 0, a "new" one a mode at Δ; both have unit variance. The ideal model after post-training
 is p* = ½ N(0, 1) + ½ N(Δ, 1): new skill learned, old one kept. The model is a learnable mixture
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -200,51 +200,3 @@ def log_correlation(xs: list[float], ys: list[float]) -> float:
     """Pearson correlation of log x with log y: how well a power law y ∝ x^k describes the points."""
     logs = torch.tensor([[math.log(x), math.log(y)] for x, y in zip(xs, ys, strict=True)], dtype=torch.float64)
     return float(torch.corrcoef(logs.T)[0, 1])
-
-
-def theory_study(
-    separation: float = 4.0,
-    drift_separations: tuple[float, ...] = (2.0, 3.0, 4.0, 5.0, 6.0),
-    steps: int = 2000,
-    forward_replay: float = 0.1,
-    reverse_replay: float = 0.2,
-    bhattacharyya: Callable[[float], float] = bhattacharyya_coefficient,
-    estimator: ReverseKLEstimator = sampled_reverse_kl,
-    seed: int = 0,
-) -> dict:
-    """Lab 03's theory experiments, as a JSON-ready dict.
-
-    - ``mass``: forward- and reverse-KL trajectories at ``separation`` (old-mode mass over training).
-    - ``drift``: the old mean's largest drift under exact reverse KL at each of ``drift_separations``, the
-      Bhattacharyya coefficient of each (``bhattacharyya``) and the correlation of log-drift with log-BC.
-    - ``replay``: forward KL with a share ``forward_replay`` of old data (Adam, which reaches the new optimum
-      w = ρ within the budget) and the finite-batch reverse-KL estimator (``estimator``, batch 256) with a share
-      ``reverse_replay`` of the proposal from the old mode, each against its run without replay (the two shares
-      under ``replay_ratio``).
-    """
-    mass = {objective: train_mixture(objective, separation, steps, seed=seed) for objective in ("forward", "reverse")}
-    drifts = [train_mixture("reverse", d, steps, seed=seed).drift for d in drift_separations]
-    coefficients = [bhattacharyya(d) for d in drift_separations]
-    replay = {
-        "forward": train_mixture("forward", separation, steps, lr=0.01, optimizer="adam", seed=seed),
-        "forward_replay": train_mixture(
-            "forward", separation, steps, lr=0.01, optimizer="adam", replay=forward_replay, seed=seed
-        ),
-        "reverse_sampled": train_mixture("reverse", separation, steps, batch_size=256, seed=seed, estimator=estimator),
-        "reverse_sampled_replay": train_mixture(
-            "reverse", separation, steps, batch_size=256, replay=reverse_replay, seed=seed, estimator=estimator
-        ),
-    }
-    return {
-        "separation": separation,
-        "steps": steps,
-        "mass": {name: asdict(t) for name, t in mass.items()},
-        "drift": {
-            "separations": list(drift_separations),
-            "drift": drifts,
-            "bhattacharyya": coefficients,
-            "log_correlation": log_correlation(drifts, coefficients),
-        },
-        "replay": {name: asdict(t) for name, t in replay.items()},
-        "replay_ratio": {"forward": forward_replay, "reverse": reverse_replay},
-    }
