@@ -153,12 +153,12 @@ def grading_seed() -> int:
 
 
 def reference_masked_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The reference masked SFT loss (``posttrain.train.masked_sft_loss``) on detached copies."""
+    """The reference masked SFT loss (``posttrain.core.train.masked_sft_loss``) on detached copies."""
     return masked_sft_loss(_detach(logits).clone(), _detach(labels).clone())
 
 
 def reference_sample_wise(before: list[bool], after: list[bool]) -> SampleWise:
-    """The reference sample-wise metrics (``posttrain.evaluate.sample_wise``) of two correctness lists."""
+    """The reference sample-wise metrics (``posttrain.core.evaluate.sample_wise``) of two correctness lists."""
     return sample_wise(list(before), list(after))
 
 
@@ -171,10 +171,10 @@ def reference_chance_adjusted(
 
 
 def assert_example_masks_prompt(example: object, tokenizer, user: str, assistant: str) -> None:
-    """Assert that ``example`` is a ``posttrain.data.Example`` equal to the reference tokenisation of the exchange,
+    """Assert that ``example`` is a ``posttrain.core.data.Example`` equal to the reference tokenisation of the exchange,
     with every prompt token's label set to ``IGNORE_INDEX`` and the reply's labels equal to its ids."""
     if type(example) is not Example:
-        raise AssertionError(f"expected a posttrain.data.Example, got {_type_name(example)}")
+        raise AssertionError(f"expected a posttrain.core.data.Example, got {_type_name(example)}")
     want = chat_example(tokenizer, user, assistant)
     for field in ("input_ids", "labels"):
         got = getattr(example, field)

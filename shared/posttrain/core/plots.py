@@ -122,7 +122,7 @@ def variant_bars(runs: list[dict], title: str) -> plt.Figure:
 def trajectory_curves(
     trajectories: dict[str, dict], key: str, truth: float, ylabel: str, title: str, log: bool = False
 ) -> plt.Figure:
-    """One line per run of ``posttrain.theory.train_mixture`` (as dicts): ``key`` (``old_mass``, ``old_weight``,
+    """One line per run of ``posttrain.methods.theory.train_mixture`` (as dicts): ``key`` (``old_mass``, ``old_weight``,
     ``old_mean``) against the training step, with the ideal model's value ``truth`` dotted."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for label, trajectory in trajectories.items():

@@ -21,7 +21,7 @@ PROFILE_ENV = "POSTTRAIN_PROFILE"
 class Profile:
     """What a lab needs to know about where it runs.
 
-    ``chat_model``/``base_model`` are names or paths accepted by ``posttrain.models.load_model``;
+    ``chat_model``/``base_model`` are names or paths accepted by ``posttrain.core.models.load_model``;
     ``needs_hub`` says whether they must be downloaded (and therefore need network access).
     """
 

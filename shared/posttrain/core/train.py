@@ -88,7 +88,7 @@ def train(
     ``trainable(name, param)`` selects the parameters to update (default: those with requires_grad).
     """
     if not examples:
-        raise ValueError("train() got no examples; build them with posttrain.data.chat_example")
+        raise ValueError("train() got no examples; build them with posttrain.core.data.chat_example")
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     params = [p for n, p in model.named_parameters() if p.requires_grad and (trainable is None or trainable(n, p))]

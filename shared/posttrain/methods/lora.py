@@ -240,7 +240,7 @@ def load_peft_adapter(model: nn.Module, path: str | Path) -> list[str]:
         unsupported["target_modules"] = config["target_modules"]
     if unsupported:
         raise ValueError(
-            f"the adapter at {path} uses PEFT options that posttrain.lora does not implement: {unsupported}"
+            f"the adapter at {path} uses PEFT options that posttrain.methods.lora does not implement: {unsupported}"
         )
     state = {key.removeprefix(PEFT_PREFIX): tensor for key, tensor in load_file(path / ADAPTER_WEIGHTS).items()}
     targets = find_targets(model, config["target_modules"])

@@ -4,7 +4,7 @@ Both penalties are R(θ) = λ/2 · Σ_j b_j (θ_j − θ⁰_j)² around the pre-
 b_j = 1 is L2-SP (Xuhong Li et al. 2018, "Explicit Inductive Bias for Transfer Learning with Convolutional
 Networks", arXiv:1802.01483, sec. 3), b_j = F_j, the diagonal Fisher information on old-task data, is EWC
 (Kirkpatrick et al. 2017, "Overcoming catastrophic forgetting in neural networks", arXiv:1612.00796, eq. 3).
-The penalties are closures for ``posttrain.train.train(..., extra_loss=...)``.
+The penalties are closures for ``posttrain.core.train.train(..., extra_loss=...)``.
 
 ``weight_deltas``, ``spectrum`` and ``effective_rank`` describe how a fine-tune moved each weight matrix, as in
 the spectral analysis of Biderman et al. 2024, "LoRA Learns Less and Forgets Less" (arXiv:2405.09673).

@@ -213,7 +213,7 @@ def run_method(
 ) -> RunResult:
     """Fine-tune a fresh ``profile.chat_model`` on ``bench``'s new task with ``method``; score it against ``before``.
 
-    L2-SP and EWC add λ/2 Σ_j b_j (θ_j − θ⁰_j)² to the loss (``posttrain.regularize``); EWC's b_j is ``fisher``
+    L2-SP and EWC add λ/2 Σ_j b_j (θ_j − θ⁰_j)² to the loss (``posttrain.methods.regularize``); EWC's b_j is ``fisher``
     (``ewc_fisher``). ``penalty`` replaces the penalty builder, called as
     ``penalty(anchor, strength)`` for L2-SP and ``penalty(anchor, strength, fisher)`` for EWC (the notebook passes
     the student's). LoRA is merged before scoring; ``rank_fn`` measures every adapted matrix's ΔW.

@@ -1,6 +1,6 @@
 """Real hub data for the ``colab`` profile of lab 01 ("fine-tune & forget"): a narrow new task and old skills.
 
-The ``tiny`` profile draws everything from the synthetic world (``posttrain.world``); on ``colab`` the same
+The ``tiny`` profile draws everything from the synthetic world (``posttrain.world.tiny``); on ``colab`` the same
 notebook fine-tunes a real chat model on real data and measures what it forgets. Datasets (all MIT):
 
 - new narrow task, GSM8K (Cobbe et al. 2021, arXiv:2110.14168): hub id ``openai/gsm8k``, config ``main``,
