@@ -60,9 +60,9 @@ def test_a_new_skill_plugs_in_its_scorer_without_touching_evaluate():
 
 
 def test_scoring_errors_name_the_problem_and_the_fix():
-    with pytest.raises(ValueError, match="no scorer named 'wer' is registered.*import the module that makes"):
+    with pytest.raises(ValueError, match=r"no scorer named 'wer' is registered.*import the module that makes"):
         score_item(Item("speech", "q", "a", (), -1, scorer="wer"), Generation("a", stopped=True))
-    with pytest.raises(ValueError, match="multiple choice only.*multiple_choice_correct"):
+    with pytest.raises(ValueError, match=r"multiple choice only.*multiple_choice_correct"):
         score_item(Item("mmlu", "q", "a", ("a", "b"), 0, scorer=None), Generation("a", stopped=True))
-    with pytest.raises(ValueError, match="the scorer name 'exact' is taken by posttrain.core.evaluate.exact_match"):
+    with pytest.raises(ValueError, match=r"the scorer name .exact. is taken by posttrain\.core\.evaluate\.exact_match"):
         register_scorer("exact")(lambda item, reply: True)

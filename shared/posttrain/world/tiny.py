@@ -130,7 +130,7 @@ def answer_word_in_reply(item: Item, reply: Generation) -> bool:
 
 # How a generated reply to each skill's items is judged; every other skill is exact match (refusal items' answer
 # is the fixed refusal sentence).
-SCORERS = {"json": "word_json", "verbose_facts": "answer_word"}
+SKILL_SCORERS = {"json": "word_json", "verbose_facts": "answer_word"}
 
 
 def restate_prompt(user: str, reference: str) -> str:
@@ -286,11 +286,14 @@ class World:
     def _with_choices(
         skill: str, prompt: str, options: list[str], rng: random.Random, subject: str = "", relation: str = ""
     ) -> Item:
-        """Shuffle ``options`` (whose first entry is the answer) into a k-option item."""
+        """Shuffle ``options`` (whose first entry is the answer) into a k-option item, judged by its skill's scorer
+        (``SKILL_SCORERS``)."""
         order = list(range(len(options)))
         rng.shuffle(order)
         choices = tuple(options[i] for i in order)
-        return Item(skill, prompt, options[0], choices, order.index(0), subject, relation, SCORERS.get(skill, "exact"))
+        return Item(
+            skill, prompt, options[0], choices, order.index(0), subject, relation, SKILL_SCORERS.get(skill, "exact")
+        )
 
     def _refusal_items(self, rng: random.Random) -> list[Item]:
         items = []
