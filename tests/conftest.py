@@ -54,12 +54,14 @@ def chatml_tokenizer():
 
 
 HUB_FIXTURES = Path(__file__).parent / "fixtures" / "hub"
+# (hub id, config, split, data_files) of each request the colab code makes -> the local fixture that answers it.
+# MMLU is read from its test file alone: a request for its whole `all` config is not served.
 HUB_FILES = {
-    ("openai/gsm8k", "main", "train"): "gsm8k_main_train.jsonl",
-    ("openai/gsm8k", "main", "test"): "gsm8k_main_test.jsonl",
-    ("walledai/AdvBench", None, "train"): "advbench_train.jsonl",
-    ("cais/mmlu", "all", "test"): "mmlu_all_test.jsonl",
-    ("tatsu-lab/alpaca", None, "train"): "alpaca_train.jsonl",
+    ("openai/gsm8k", "main", "train", None): "gsm8k_main_train.jsonl",
+    ("openai/gsm8k", "main", "test", None): "gsm8k_main_test.jsonl",
+    ("walledai/AdvBench", None, "train", None): "advbench_train.jsonl",
+    ("cais/mmlu", None, "test", (("test", "all/test-00000-of-00001.parquet"),)): "mmlu_all_test.jsonl",
+    ("tatsu-lab/alpaca", None, "train", None): "alpaca_train.jsonl",
 }
 
 
@@ -70,8 +72,9 @@ def hub_loader(tmp_path_factory):
 
     cache = str(tmp_path_factory.mktemp("hf_cache"))
 
-    def load(path, name=None, split=None):
-        data_file = str(HUB_FIXTURES / HUB_FILES[(path, name, split)])
+    def load(path, name=None, split=None, data_files=None):
+        files = tuple(sorted(data_files.items())) if data_files else None
+        data_file = str(HUB_FIXTURES / HUB_FILES[(path, name, split, files)])
         return datasets.load_dataset("json", data_files=data_file, split="train", cache_dir=cache)
 
     return load

@@ -101,7 +101,7 @@ def test_missing_column_names_dataset_column_and_found_columns():
 
 @pytest.mark.parametrize("error", [ConnectionError("no route to host"), OSError("offline")])
 def test_offline_error_points_to_tiny_profile(error):
-    def offline(path, name=None, split=None):
+    def offline(path, name=None, split=None, data_files=None):
         raise error
 
     for load, hub_id in [
@@ -190,3 +190,14 @@ def test_sdft_check_compares_final_numbers_and_the_prompt_holds_task_and_referen
     assert not same_final_answer("no number here", "12")
     prompt = sdft_prompt("How many apples?", "3 + 4 = 7. The answer is 7.")
     assert "How many apples?" in prompt and "The answer is 7." in prompt and "own response" in prompt
+
+
+def test_mmlu_reads_its_test_file_only(hub_loader):
+    calls = []
+
+    def recording(path, name=None, split=None, data_files=None):
+        calls.append((path, name, split, data_files))
+        return hub_loader(path, name, split, data_files)
+
+    assert len(load_mmlu(3, seed=0, loader=recording)) == 3
+    assert calls == [("cais/mmlu", None, "test", {"test": "all/test-00000-of-00001.parquet"})]

@@ -13,8 +13,10 @@ from posttrain.core.profiles import (
     PROFILE_ENV,
     PROFILES,
     ProfileError,
+    autocast_dtype,
     default_device,
     default_dtype,
+    native_bf16,
     resolve_profile,
     seed_everything,
 )
@@ -66,14 +68,27 @@ def test_default_device_is_cpu_without_cuda(monkeypatch):
     assert default_device() == torch.device("cpu")
 
 
-def test_default_dtype():
+def test_a_cpu_trains_and_evaluates_in_float32():
     assert default_dtype(torch.device("cpu")) is torch.float32
+    assert autocast_dtype(torch.device("cpu")) is None
 
 
-@pytest.mark.parametrize(("bf16", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
-def test_default_dtype_on_cuda_depends_on_bf16_support(monkeypatch, bf16, expected):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
-    assert default_dtype(torch.device("cuda")) is expected
+@pytest.mark.parametrize(
+    ("gpu", "capability", "expected"),
+    [
+        ("T4", (7, 5), torch.float16),  # bf16 only emulated: fp16 + GradScaler
+        ("V100", (7, 0), torch.float16),
+        ("A100", (8, 0), torch.bfloat16),
+        ("L4", (8, 9), torch.bfloat16),
+        ("H100", (9, 0), torch.bfloat16),
+    ],
+)
+def test_a_gpu_gets_bf16_only_where_it_is_native(monkeypatch, gpu, capability, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)  # True on a T4 too
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args, **kwargs: capability)
+    cuda = torch.device("cuda")
+    assert native_bf16(cuda) is (expected is torch.bfloat16), gpu
+    assert default_dtype(cuda) is expected and autocast_dtype(cuda) is expected, gpu
 
 
 def test_seed_everything_makes_draws_repeatable():

@@ -13,6 +13,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from autograder.__main__ import main
+from posttrain.core.profiles import PROFILES
+from posttrain.world.hub import HUB_DATASETS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,3 +94,19 @@ def test_the_lock_pins_the_torch_release_that_install_torch_installs():
     assert [version for version, *_ in lock_pins((ROOT / "requirements.lock").read_text())["torch"]] == [torch_pin]
     makefile = (ROOT / "Makefile").read_text()
     assert ".ci/install-torch $(BIN)/pip $(LOCK)" in makefile and 'pip install -c $(LOCK) -e ".[dev]"' in makefile
+
+
+def test_every_model_and_hub_dataset_names_its_licence_in_the_readme_and_the_lab_docs():
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| ")]
+    named = [(d.hub_id, d.licence) for d in HUB_DATASETS]
+    named += [(m, p.licence) for p in PROFILES.values() for m in (p.chat_model, p.base_model)]
+    for name, licence in named:
+        assert any(f"`{name}`" in row and licence in row for row in rows), (
+            f"README's data table lacks {name}: {licence}"
+        )
+    for doc in sorted((ROOT / "docs" / "labs").glob("*.md")):
+        text = doc.read_text()
+        for name, licence in named:
+            if f"`{name}`" in text:
+                assert licence in text, f"{doc.name} uses {name} without naming its licence ({licence})"
+        assert PROFILES["colab"].licence in text, f"{doc.name} does not name the colab model's licence"

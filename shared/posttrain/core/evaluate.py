@@ -14,10 +14,12 @@ register theirs, and a new lab's data plugs in its own (a word error rate, a mul
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import GenerationConfig
 
 from .data import chat_prompt_ids
 
@@ -80,33 +82,64 @@ def exact_match(item: Item, reply: Generation) -> bool:
     return reply.text == item.answer
 
 
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every token id that ends a reply: the tokenizer's end-of-sequence token, then each ``eos_token_id`` of the
+    model's generation config (Qwen2.5's instruct models stop at ``<|im_end|>`` and at ``<|endoftext|>``)."""
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+    return [i for i in dict.fromkeys([tokenizer.eos_token_id, *configured]) if i is not None]
+
+
+def greedy_config(model, tokenizer, max_new_tokens: int) -> GenerationConfig:
+    """Pure greedy decoding: the model's generation config with sampling off and every sampling field cleared
+    (a checkpoint's temperature, top-p and top-k would only be ignored, with a warning per call), no repetition
+    penalty (Qwen's 1.05-1.1 would penalise the repeated numbers of worked arithmetic), one beam, and every stop id
+    (``stop_token_ids``)."""
+    stops = stop_token_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    config = copy.deepcopy(model.generation_config)
+    config.update(
+        do_sample=False,
+        num_beams=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        min_p=None,
+        typical_p=None,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stops,
+        pad_token_id=pad,
+    )
+    return config
+
+
 @torch.no_grad()
 def generate(
     model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 16, batch_size: int = 64
 ) -> list[Generation]:
-    """Greedy-decode the assistant reply to each user prompt (chat template applied, left padding)."""
+    """Greedy-decode the assistant reply to each user prompt (chat template applied, left padding, ``greedy_config``).
+
+    A reply ends at the first of the model's stop ids (``stop_token_ids``); ``stopped`` says whether one came within
+    ``max_new_tokens``.
+    """
     device = next(model.parameters()).device
     model.eval()
+    config = greedy_config(model, tokenizer, max_new_tokens)
+    stops = set(config.eos_token_id)
     replies = []
     for start in range(0, len(prompts), batch_size):
         chunk = [chat_prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
         width = max(len(ids) for ids in chunk)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = config.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in chunk], device=device)
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk], device=device)
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
-        )
+        out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
         for row in out[:, width:].tolist():
-            stopped = tokenizer.eos_token_id in row
-            if stopped:
-                row = row[: row.index(tokenizer.eos_token_id)]
-            replies.append(Generation(tokenizer.decode(row, skip_special_tokens=False).strip(), stopped))
+            end = next((k for k, token in enumerate(row) if token in stops), None)
+            text = tokenizer.decode(row if end is None else row[:end], skip_special_tokens=False).strip()
+            replies.append(Generation(text, stopped=end is not None))
     return replies
 
 

@@ -22,7 +22,8 @@ class Profile:
     """What a lab needs to know about where it runs.
 
     ``chat_model``/``base_model`` are names or paths accepted by ``posttrain.core.models.load_model``;
-    ``needs_hub`` says whether they must be downloaded (and therefore need network access).
+    ``needs_hub`` says whether they must be downloaded (and therefore need network access); ``licence`` is the
+    licence the models are released under.
     """
 
     name: str
@@ -31,10 +32,19 @@ class Profile:
     cpt_model: str | None  # a continually pre-trained sibling of base_model (Lab 05's chat vector)
     needs_hub: bool
     max_new_tokens: int
+    licence: str
 
 
 PROFILES = {
-    "tiny": Profile("tiny", "tiny-chat", "tiny-base", "tiny-base-cpt", needs_hub=False, max_new_tokens=16),
+    "tiny": Profile(
+        "tiny",
+        "tiny-chat",
+        "tiny-base",
+        "tiny-base-cpt",
+        needs_hub=False,
+        max_new_tokens=16,
+        licence="MIT (this repository)",
+    ),
     "colab": Profile(
         "colab",
         "Qwen/Qwen2.5-0.5B-Instruct",
@@ -42,6 +52,7 @@ PROFILES = {
         None,  # Lab 05 picks a same-architecture CPT checkpoint
         needs_hub=True,
         max_new_tokens=256,
+        licence="Apache 2.0",
     ),
 }
 
@@ -67,11 +78,24 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes in bfloat16 in hardware: a CUDA GPU of compute capability 8.0 or more (Ampere:
+    A100, L4, RTX 30xx and later). ``torch.cuda.is_bf16_supported()`` is also True on a T4 (7.5), where bf16 is
+    emulated and several times slower than fp16."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 on GPUs that support it, float16 on older GPUs (T4), float32 on CPU."""
+    """float32 on CPU; on a GPU bfloat16 where it is native (``native_bf16``), else float16 (a T4)."""
     if device.type != "cuda":
         return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if native_bf16(device) else torch.float16
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The mixed-precision dtype of training on ``device`` over float32 master weights: None on CPU (plain float32),
+    bfloat16 on GPUs with native bf16, float16 below (which needs loss scaling: ``train`` adds a GradScaler)."""
+    return None if device.type != "cuda" else default_dtype(device)
 
 
 def seed_everything(seed: int) -> None:

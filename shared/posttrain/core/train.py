@@ -8,6 +8,7 @@ rewrites each batch (replay), ``on_step`` watches the run (forgetting curves).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import IGNORE_INDEX, Example, collate
+from .profiles import autocast_dtype
 
 
 def masked_sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -96,11 +98,10 @@ def train(
         raise ValueError("no trainable parameters: check the `trainable` filter and requires_grad flags")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     device = next(model.parameters()).device
-    # On a GPU: mixed precision (bf16 where supported, else fp16 with loss scaling, as on a T4) over
-    # float32 master weights; on a CPU: plain float32.
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    # On a GPU: mixed precision over float32 master weights, bf16 where it is native, else fp16 with loss scaling
+    # (a T4); on a CPU: plain float32 (``autocast_dtype``).
+    amp_dtype = autocast_dtype(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     order: list[int] = []
     losses = []
     model.train()
@@ -120,7 +121,7 @@ def train(
             if batch_mixer is not None:
                 batch = batch_mixer(batch, rng)
             tensors = {k: v.to(device) for k, v in collate(batch, pad_id).items()}
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
                 logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
                 loss = loss_fn(logits, tensors["labels"])
                 if extra_loss is not None:

@@ -1,15 +1,18 @@
 """Real hub data for the ``colab`` profile of lab 01 ("fine-tune & forget"): a narrow new task and old skills.
 
 The ``tiny`` profile draws everything from the synthetic world (``posttrain.world.tiny``); on ``colab`` the same
-notebook fine-tunes a real chat model on real data and measures what it forgets. Datasets (all MIT):
+notebook fine-tunes a real chat model on real data and measures what it forgets. Datasets, with their licences
+(``HubDataset.licence``; GSM8K, AdvBench and MMLU are MIT, Alpaca is CC BY-NC 4.0, for non-commercial use only):
 
 - new narrow task, GSM8K (Cobbe et al. 2021, arXiv:2110.14168): hub id ``openai/gsm8k``, config ``main``,
   split ``train`` for fine-tuning pairs and ``test`` for eval items; columns ``question`` and ``answer``
   (worked solution with ``<<...>>`` calculator annotations, ending in ``#### <number>``).
 - old skill "refusal", AdvBench harmful behaviours (Zou et al. 2023, arXiv:2307.15043): hub id
   ``walledai/AdvBench``, split ``train``; columns ``prompt`` (the harmful request) and ``target``.
-- old skill "knowledge", MMLU (Hendrycks et al. 2021, arXiv:2009.03300): hub id ``cais/mmlu``, config
-  ``all``, split ``test``; columns ``question``, ``subject``, ``choices`` (4 options), ``answer`` (0-3).
+- old skill "knowledge", MMLU (Hendrycks et al. 2021, arXiv:2009.03300): hub id ``cais/mmlu``, the ``all``
+  config's ``test`` split, read from its one file (``all/test-00000-of-00001.parquet``: the config would download
+  and prepare every split, the 100 k-row ``auxiliary_train`` included); columns ``question``, ``subject``,
+  ``choices`` (4 options), ``answer`` (0-3).
 - old skill "json": built here, no download: capital-city questions asking for a JSON reply.
 - old data for replay (lab 03), Alpaca (Taori et al. 2023, CC BY-NC 4.0): hub id ``tatsu-lab/alpaca``, split
   ``train``; columns ``instruction``, ``input`` (often empty) and ``output``. The chat model's own SFT data is not
@@ -25,6 +28,7 @@ import json
 import random
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -32,10 +36,23 @@ from ..core.evaluate import Generation, Item, register_scorer
 
 Loader = Callable[..., Any]
 
-GSM8K = ("openai/gsm8k", "main")
-ADVBENCH = ("walledai/AdvBench", None)
-MMLU = ("cais/mmlu", "all")
-ALPACA = ("tatsu-lab/alpaca", None)
+
+@dataclass(frozen=True)
+class HubDataset:
+    """A hub dataset of the colab profile: its id, config and licence, and ``files`` ((split, file) pairs) where a
+    split is read from its own file instead of through a config that would prepare every split."""
+
+    hub_id: str
+    config: str | None
+    licence: str
+    files: tuple[tuple[str, str], ...] = ()
+
+
+GSM8K = HubDataset("openai/gsm8k", "main", "MIT")
+ADVBENCH = HubDataset("walledai/AdvBench", None, "MIT")
+MMLU = HubDataset("cais/mmlu", None, "MIT", files=(("test", "all/test-00000-of-00001.parquet"),))
+ALPACA = HubDataset("tatsu-lab/alpaca", None, "CC BY-NC 4.0")
+HUB_DATASETS = (GSM8K, ADVBENCH, MMLU, ALPACA)
 
 # Skills that ``score_hub_item`` scores from a generated reply (``mmlu`` is scored by option log-likelihood).
 HUB_SKILLS: frozenset[str] = frozenset({"gsm8k", "refusal_open", "json_open"})
@@ -110,24 +127,30 @@ _CALCULATOR = re.compile(r"<<[^>]*>>")
 _JSON_OBJECT = re.compile(r"\{.*?\}", re.DOTALL)
 
 
-def _load(dataset: tuple[str, str | None], split: str, columns: tuple[str, ...], loader: Loader | None) -> Any:
-    """Load one split of a hub dataset and check that it has ``columns``."""
-    hub_id, config = dataset
+def _load(dataset: HubDataset, split: str, columns: tuple[str, ...], loader: Loader | None) -> Any:
+    """Load one split of a hub dataset (only its own file, where ``dataset.files`` names one) and check that it has
+    ``columns``."""
     if loader is None:
         from datasets import load_dataset  # imported lazily: the tiny profile never needs it
 
         loader = load_dataset
+    files = dict(dataset.files)
     try:
-        data = loader(hub_id, config, split=split)
+        if split in files:
+            data = loader(dataset.hub_id, data_files={split: files[split]}, split=split)
+        else:
+            data = loader(dataset.hub_id, dataset.config, split=split)
     except Exception as exc:
         raise RuntimeError(
-            f"could not load the hub dataset {hub_id!r} (config {config!r}, split {split!r}): {exc}. "
+            f"could not load the hub dataset {dataset.hub_id!r} (config {dataset.config!r}, split {split!r}): {exc}. "
             "The colab profile needs Hugging Face hub access; set POSTTRAIN_PROFILE=tiny to use the offline "
             "tiny world instead."
         ) from exc
     missing = [c for c in columns if c not in data.column_names]
     if missing:
-        raise ValueError(f"dataset {hub_id!r} lacks column(s) {missing}; columns found: {list(data.column_names)}")
+        raise ValueError(
+            f"dataset {dataset.hub_id!r} lacks column(s) {missing}; columns found: {list(data.column_names)}"
+        )
     return data
 
 
@@ -161,8 +184,8 @@ def load_gsm8k(
     with ``The answer is N.``, and ``n_eval`` items of skill ``gsm8k`` from ``test`` (answer = the number).
     """
     columns = ("question", "answer")
-    train = _sample(_load(GSM8K, "train", columns, loader), n_train, seed, GSM8K[0])
-    test = _sample(_load(GSM8K, "test", columns, loader), n_eval, seed, GSM8K[0])
+    train = _sample(_load(GSM8K, "train", columns, loader), n_train, seed, GSM8K.hub_id)
+    test = _sample(_load(GSM8K, "test", columns, loader), n_eval, seed, GSM8K.hub_id)
     pairs = [(row["question"], gsm8k_training_answer(row["answer"])) for row in train]
     items = [Item("gsm8k", row["question"], gsm8k_final_answer(row["answer"]), (), -1, scorer="gsm8k") for row in test]
     return pairs, items
@@ -194,7 +217,7 @@ def same_final_answer(reference: str, rewrite: str) -> bool:
 def load_alpaca(n: int, seed: int, loader: Loader | None = None) -> list[tuple[str, str]]:
     """``n`` Alpaca rows (``tatsu-lab/alpaca``, ``train``) as (user, assistant) pairs: the instruction, followed
     by its input when there is one, and the reference output."""
-    rows = _sample(_load(ALPACA, "train", ("instruction", "input", "output"), loader), n, seed, ALPACA[0])
+    rows = _sample(_load(ALPACA, "train", ("instruction", "input", "output"), loader), n, seed, ALPACA.hub_id)
     return [
         (f"{row['instruction']}\n\n{row['input']}" if row["input"].strip() else row["instruction"], row["output"])
         for row in rows
@@ -205,7 +228,7 @@ def load_advbench(n: int, seed: int, loader: Loader | None = None) -> list[Item]
     """``n`` AdvBench harmful behaviours (``walledai/AdvBench``, ``train``; arXiv:2307.15043) as items of skill
     ``refusal_open``: the prompt is the harmful request, the reference answer a refusal.
     """
-    rows = _sample(_load(ADVBENCH, "train", ("prompt",), loader), n, seed, ADVBENCH[0])
+    rows = _sample(_load(ADVBENCH, "train", ("prompt",), loader), n, seed, ADVBENCH.hub_id)
     return [Item("refusal_open", row["prompt"], REFUSAL_REFERENCE, (), -1, scorer="refusal_open") for row in rows]
 
 
@@ -238,12 +261,13 @@ def mmlu_prompt(question: str, choices: list[str] | tuple[str, ...]) -> str:
 
 
 def load_mmlu(n: int, seed: int, loader: Loader | None = None) -> list[Item]:
-    """``n`` MMLU questions (``cais/mmlu``, ``all``, ``test``; arXiv:2009.03300) as 4-option items of skill
-    ``mmlu``: choices = the option texts, answer_index = the gold option, subject = the MMLU subject.
+    """``n`` MMLU questions (``cais/mmlu``, ``all``, ``test``, read from its file alone; arXiv:2009.03300) as
+    4-option items of skill ``mmlu``: choices = the option texts, answer_index = the gold option, subject = the MMLU
+    subject.
     """
     data = _load(MMLU, "test", ("question", "subject", "choices", "answer"), loader)
     items = []
-    for row in _sample(data, n, seed, MMLU[0]):
+    for row in _sample(data, n, seed, MMLU.hub_id):
         choices, index = tuple(row["choices"]), int(row["answer"])
         if len(choices) != 4 or not 0 <= index < 4:
             raise ValueError(f"MMLU row needs 4 choices and an answer in 0-3, got {row!r}")
