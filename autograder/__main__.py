@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from autograder.bench import run_grading_bench
+from autograder.budget import lab_budgets
+from autograder.budget import markdown as budget_markdown
 from autograder.collect import collect
 from autograder.course import REPO_ROOT, CourseError, Lab, all_labs, read_source, resolve_lab
 from autograder.demo import run_bench, run_demo, run_lora_bench
@@ -68,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--work", type=Path, default=Path("/tmp/posttrain-bench"), help="scratch folder")
     bench.add_argument("--only", choices=("labs", "lora", "grading"), help="time only the labs, LoRA or the grader")
 
+    budget = commands.add_parser("budget", help="each lab's colab plan on a T4, on paper (docs/colab_budget.md)")
+    budget.add_argument("lab", nargs="?", default="all", help="a lab or all")
+
     spread = commands.add_parser("spread", help="measure each claim's margin on this platform (docs/margins.md)")
     spread.add_argument("--label", help="name of this platform, e.g. avx2-2threads (writes <out>/<label>.json)")
     spread.add_argument("--labs", nargs="+", default=["01", "02", "03"], help="labs to measure (default: all)")
@@ -91,22 +96,27 @@ def _labs(repo: Path, spec: str) -> list[Lab]:
 def _release(repo: Path, spec: str, check_only: bool) -> int:
     """Run ``release``; return the exit code."""
     labs = _labs(repo, spec)
+    generated = {lab.release for lab in labs}
     if check_only:
         stale = stale_releases(labs)
         for path in stale:
-            print(
-                f"stale: {path.relative_to(repo)} is missing or differs from what nbgrader generates from "
-                f"solutions/{path.name}",
-                file=sys.stderr,
+            why = (
+                f"is missing or differs from what nbgrader generates from solutions/{path.name}"
+                if path in generated
+                else "carries another course address than pyproject.toml's [tool.posttrain-course]"
             )
+            print(f"stale: {path.relative_to(repo)} {why}", file=sys.stderr)
         if stale:
             print("fix: python -m autograder release all", file=sys.stderr)
             return 1
         print(f"labs/ is up to date ({len(labs)} lab(s) checked)")
         return 0
-    written = {path.resolve() for path in release(labs)}
+    written = release(labs)
+    for path in written:
+        if path not in generated:
+            print(f"stamped the course address: {path.relative_to(repo)}")
     for lab in labs:
-        print(f"{'wrote' if lab.release.resolve() in written else 'unchanged'}: {lab.release.relative_to(repo)}")
+        print(f"{'wrote' if lab.release in written else 'unchanged'}: {lab.release.relative_to(repo)}")
     return 0
 
 
@@ -175,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(repo, args.work)
         if args.command == "spread":
             return _spread(args)
+        if args.command == "budget":
+            print(budget_markdown(lab_budgets(_labs(repo, args.lab))), end="")
+            return 0
         if args.only in (None, "labs"):
             print(json.dumps(run_bench(repo, args.out, args.work), indent=1))
         if args.only in (None, "lora"):

@@ -1,9 +1,11 @@
-"""Generate the student notebooks in ``labs/`` from the nbgrader sources in ``solutions/``."""
+"""Generate the student notebooks in ``labs/`` from the nbgrader sources in ``solutions/``, after stamping the course's
+address into the sources and the README (``autograder.address``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from autograder.address import stamped_files
 from autograder.course import Lab, course_workdir, read_source
 from autograder.nbgrader_config import check, nbgrader_course
 
@@ -24,8 +26,12 @@ def render_release(lab: Lab) -> bytes:
 
 
 def release(labs: list[Lab]) -> list[Path]:
-    """Write ``labs/<name>.ipynb`` for each lab whose file is missing or differs; return the files written."""
+    """Stamp the course's address into the sources and the README, then write ``labs/<name>.ipynb`` for each lab
+    whose file is missing or differs; return the files written."""
     written = []
+    for path, text in stamped_files(labs).items():
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
     for lab in labs:
         data = render_release(lab)
         if not lab.release.is_file() or lab.release.read_bytes() != data:
@@ -36,5 +42,9 @@ def release(labs: list[Lab]) -> list[Path]:
 
 
 def stale_releases(labs: list[Lab]) -> list[Path]:
-    """Return the ``labs/`` files that are missing or differ from what ``release`` would write."""
+    """Return the files ``release`` would change: sources or README carrying another address than the configured
+    one, and ``labs/`` files that are missing or differ from what nbgrader generates."""
+    stale = list(stamped_files(labs))
+    if stale:
+        return stale + [lab.release for lab in labs]  # generated from sources that are about to change
     return [lab.release for lab in labs if not lab.release.is_file() or lab.release.read_bytes() != render_release(lab)]

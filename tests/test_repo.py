@@ -23,9 +23,26 @@ def test_labs_are_generated_from_solutions(capsys):
     assert main(["release", "all", "--check"]) == 0, capsys.readouterr().err
 
 
+def declared_requirements() -> list[Requirement]:
+    """What ``make env`` installs: the student install, the grader's and the developer's extras (the ``dev`` extra
+    names the grader's through ``posttrain-course[grader]``)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert "posttrain-course[grader]" in extras["dev"], "the developer install must include the grader's"
+    listed = [*project["dependencies"], *extras["grader"], *extras["dev"]]
+    return [Requirement(r) for r in listed if canonicalize_name(Requirement(r).name) != "posttrain-course"]
+
+
+def test_the_student_install_holds_no_grader_or_notebook_server_package():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    student = sorted(canonicalize_name(Requirement(r).name) for r in project["dependencies"])
+    labs_import = ["datasets", "matplotlib", "numpy", "peft", "safetensors", "tokenizers", "torch", "tqdm"]
+    assert student == sorted([*labs_import, "transformers"])
+
+
 def test_environment_yml_mirrors_pyproject_lower_bounds():
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = set(pyproject["dependencies"]) | set(pyproject["optional-dependencies"]["dev"])
+    py311 = {"python_version": "3.11", "python_full_version": "3.11.0"}  # environment.yml's Python
+    wanted = {str(r) for r in declared_requirements() if r.marker is None or r.marker.evaluate(py311)}
     env = (ROOT / "environment.yml").read_text()
     listed = set(re.findall(r"^\s+- ([a-z][\w\[\]-]*>=[\w.]+)\s*$", env, flags=re.MULTILINE))
     assert listed == wanted
@@ -61,8 +78,7 @@ def lock_pins(text: str) -> dict[str, list[tuple[str, str, set[str]]]]:
 
 
 def test_the_lock_pins_every_dependency_within_pyproject_bounds_for_python_3_10_to_3_12():
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = [Requirement(r) for r in [*pyproject["dependencies"], *pyproject["optional-dependencies"]["dev"]]]
+    wanted = declared_requirements()
     pins = lock_pins((ROOT / "requirements.lock").read_text())
     for python in ("3.10", "3.11", "3.12"):
         env = {
@@ -76,6 +92,8 @@ def test_the_lock_pins_every_dependency_within_pyproject_bounds_for_python_3_10_
             "os_name": "posix",
         }
         for requirement in wanted:
+            if requirement.marker is not None and not requirement.marker.evaluate(env):
+                continue
             name = canonicalize_name(requirement.name)
             chosen = [
                 version for version, marker, _ in pins.get(name, []) if not marker or Marker(marker).evaluate(env)

@@ -8,13 +8,35 @@ sample-wise forgetting table of Harmon et al. 2025 (arXiv:2510.17776) of each ru
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
+from ..core.budget import LabBudget, TrainingRun
 from ..core.data import chat_example
 from ..core.forgetting import ForgettingBenchmark, Snapshot, sample_wise_table, take_snapshot
 from ..core.models import load_model
 from ..core.train import TrainConfig, masked_sft_loss, train
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Lab 01's settings per profile: the main run's steps and learning rate, the sweep's learning rates, how often
+    the old skills are measured, and the batch as micro-batch × accumulation (the micro-batch sized to the GPU's
+    memory, ``colab_budget``)."""
+
+    steps: int
+    lr: float
+    sweep_lrs: tuple[float, ...]
+    snapshot_every: int
+    batch_size: int
+    grad_accum: int = 1
+
+
+PLANS = {
+    "tiny": Plan(steps=150, lr=1e-3, sweep_lrs=(1e-4, 3e-4, 1e-3), snapshot_every=25, batch_size=32),
+    "colab": Plan(steps=300, lr=1e-5, sweep_lrs=(3e-6, 1e-5, 3e-5), snapshot_every=50, batch_size=2, grad_accum=16),
+}
 
 
 def finetune_with_snapshots(
@@ -58,3 +80,21 @@ def learning_rate_sweep(
             "table": sample_wise_table(before, after, k=bench.k),
         }
     return runs
+
+
+def colab_budget(plan: Plan = PLANS["colab"], n_eval: int = 100, max_new_tokens: int = 256) -> LabBudget:
+    """Lab 01 on a GPU: the main run and the sweep's other runs (one at a time: the notebook frees its model first),
+    GSM8K pairs up to 512 tokens (about 250 on average), and every snapshot decoding up to ``max_new_tokens`` for the
+    new task and each old skill (about 3 ``n_eval`` items: GSM8K, refusals, JSON questions, chat probes)."""
+    run = TrainingRun("full fine-tuning", plan.steps, plan.batch_size, plan.grad_accum, seq_len=512, mean_tokens=250)
+    sweep = TrainingRun(
+        "learning-rate sweep (each run)",
+        plan.steps,
+        plan.batch_size,
+        plan.grad_accum,
+        seq_len=512,
+        mean_tokens=250,
+        repeats=len(plan.sweep_lrs) - 1,
+    )
+    snapshots = len(plan.sweep_lrs) * (plan.steps // plan.snapshot_every + 1)
+    return LabBudget("01_finetune_and_forget", (run, sweep), snapshots * 3 * n_eval * max_new_tokens)

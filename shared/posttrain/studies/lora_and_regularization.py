@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from ..core.budget import QWEN2_5_0_5B, LabBudget, TrainingRun, lora_parameters
 from ..core.data import chat_example
 from ..core.forgetting import ForgettingBenchmark, Snapshot, learning_and_forgetting, take_snapshot
 from ..core.models import load_model
@@ -115,6 +116,7 @@ class Plan:
     batch_size: int = 32
     grad_accum: int = 1
     fisher_examples: int = 256
+    fisher_batch_size: int = 8  # mini-batches of EWC's Fisher (``diagonal_fisher``: 1 is exact, B > 1 approximates)
     peft_reference_rank: int = 4  # one PEFT LoRA run, to compare with ours at the same rank (0: none)
 
 
@@ -136,9 +138,10 @@ PLANS = {
         lora_lrs=(3e-4,),
         l2sp_strengths=(),
         ewc_strengths=(1.0,),
-        batch_size=8,
-        grad_accum=2,
+        batch_size=1,  # x 16 accumulated: the micro-batch that fits a T4 with EWC's two extra copies (colab_budget)
+        grad_accum=16,
         fisher_examples=64,
+        fisher_batch_size=1,
         peft_reference_rank=0,
     ),
 }
@@ -173,14 +176,17 @@ def old_task_examples(profile: Profile, bench: ForgettingBenchmark, n: int, seed
     return random.Random(seed).sample(pairs, min(n, len(pairs)))
 
 
-def ewc_fisher(profile: Profile, old_examples: Sequence[tuple[str, str]]) -> dict[str, torch.Tensor]:
-    """EWC's weights b_j: the diagonal Fisher of the chat model on ``old_examples`` (mini-batches of 8, the
-    approximation ``diagonal_fisher`` documents), normalised to mean 1 so that λ means the same on every model."""
+def ewc_fisher(
+    profile: Profile, old_examples: Sequence[tuple[str, str]], batch_size: int = 8
+) -> dict[str, torch.Tensor]:
+    """EWC's weights b_j: the diagonal Fisher of the chat model on ``old_examples`` (in mini-batches of ``batch_size``;
+    above 1 the approximation ``diagonal_fisher`` documents), normalised to mean 1 so that λ means the same on every
+    model."""
     if not old_examples:
         raise ValueError("EWC needs old-task examples for its Fisher information: pass old_examples")
     model, tokenizer = load_model(profile.chat_model, dtype=torch.float32)
     examples = [chat_example(tokenizer, u, a) for u, a in old_examples]
-    fisher = diagonal_fisher(model, examples, tokenizer.pad_token_id, batch_size=8)
+    fisher = diagonal_fisher(model, examples, tokenizer.pad_token_id, batch_size=batch_size)
     mean = sum(f.sum() for f in fisher.values()) / sum(f.numel() for f in fisher.values())
     return {name: f / mean for name, f in fisher.items()}
 
@@ -299,7 +305,7 @@ def sweep(
     del model
     builders = penalty_builders or {}
     fisher = (
-        ewc_fisher(profile, old_task_examples(profile, bench, plan.fisher_examples, seed))
+        ewc_fisher(profile, old_task_examples(profile, bench, plan.fisher_examples, seed), plan.fisher_batch_size)
         if plan.ewc_strengths
         else None
     )
@@ -433,3 +439,46 @@ def lora_step_time(
         "seconds_per_step": {"ours": round(ours, 5), "peft": round(peft, 5)},
         "ratio_ours_to_peft": round(ours / peft, 3),
     }
+
+
+def colab_budget(plan: Plan = PLANS["colab"], n_eval: int = 40, max_new_tokens: int = 256) -> LabBudget:
+    """Lab 02 on a GPU (the notebook frees its own model before the sweep): EWC's Fisher pass in float32, then every
+    run with two extra float32 copies alive, its anchor θ⁰ and the Fisher the sweep keeps for its EWC runs; GSM8K
+    pairs up to 512 tokens (about 250 on average); a snapshot before and one after each run."""
+    copies = 1 + bool(plan.ewc_strengths)
+    common = {"micro_batch": plan.batch_size, "grad_accum": plan.grad_accum, "seq_len": 512, "mean_tokens": 250}
+    runs = [
+        TrainingRun(
+            "EWC's Fisher (float32, gradients only)",
+            plan.fisher_examples // plan.fisher_batch_size,
+            plan.fisher_batch_size,
+            1,
+            512,
+            250,
+            extra_copies=1,
+            autocast=False,
+            optimizer=False,
+        )
+    ]
+    runs += [
+        TrainingRun(
+            f"full fine-tuning, {steps} steps", steps, extra_copies=copies, repeats=len(plan.full_lrs), **common
+        )
+        for steps in plan.full_steps
+    ]
+    runs += [
+        TrainingRun(
+            f"LoRA r={rank}",
+            plan.budget,
+            trainable=lora_parameters(QWEN2_5_0_5B, rank),
+            extra_copies=copies,
+            repeats=len(plan.lora_lrs),
+            **common,
+        )
+        for rank in plan.lora_ranks
+    ]
+    regularised = len(plan.l2sp_strengths) + len(plan.ewc_strengths)
+    if regularised:
+        runs.append(TrainingRun("L2-SP / EWC", plan.budget, extra_copies=copies, repeats=regularised, **common))
+    snapshots = 1 + sum(run.repeats for run in runs[1:])
+    return LabBudget("02_lora_and_regularization", tuple(runs), snapshots * 3 * n_eval * max_new_tokens)

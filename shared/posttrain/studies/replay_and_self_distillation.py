@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..core.budget import LabBudget, TrainingRun
 from ..core.data import chat_example, collate
 from ..core.forgetting import ForgettingBenchmark, Snapshot, learning_and_forgetting, take_snapshot
 from ..core.models import load_model
@@ -114,8 +115,8 @@ PLANS = {
         replay_ratios=(0.01, 0.05, 0.2),
         pseudo_ratio=0.05,
         per_skill=200,
-        batch_size=8,
-        grad_accum=2,
+        batch_size=2,  # x 8 accumulated: the micro-batch that fits a T4 (colab_budget)
+        grad_accum=8,
         n_train=1000,
     ),
 }
@@ -420,3 +421,15 @@ def theory_study(
         "replay": {name: asdict(t) for name, t in replay.items()},
         "replay_ratio": {"forward": forward_replay, "reverse": reverse_replay},
     }
+
+
+def colab_budget(plan: Plan = PLANS["colab"], n_eval: int = 40, max_new_tokens: int = 256) -> LabBudget:
+    """Lab 03 on a GPU (the notebook frees its model after ``prepare``): one run per variant, GSM8K pairs up to 512
+    tokens (about 250 on average); decoding the SDFT rewrites of every training pair, the pseudo-replay answers and a
+    snapshot before and after each run."""
+    variants = len(plan.variants())
+    run = TrainingRun(
+        "fine-tuning (each variant)", plan.steps, plan.batch_size, plan.grad_accum, 512, 250, repeats=variants
+    )
+    decoded = (plan.n_train + plan.per_skill + (1 + variants) * 3 * n_eval) * max_new_tokens
+    return LabBudget("03_replay_and_self_distillation", (run,), decoded)

@@ -1,0 +1,415 @@
+"""Each lab's scientific claims as *margins*: one definition for the test suite and for the spread study.
+
+A claim's margin is how far the measured quantity lies on the right side of the claim's threshold, in the
+quantity's own units (accuracy, sample-wise forgetting, nats, effective rank). The claim holds when the margin is
+positive (``strict``) or not negative. ``tests/test_lab0*.py`` assert ``Claim.check`` on each seed's results;
+``python -m autograder spread`` measures every margin across seeds and platforms (thread counts, torch's CPU kernel
+path, library versions), and ``docs/margins.md`` compares the smallest margin with the spread it must survive.
+
+A claim whose margin does not clear the measured spread is not dropped: its ``tolerance`` (in the margin's units,
+with the measured ``reason``) lets the test accept a margin down to ``-tolerance``, and the lab's doc says that the
+claim is a tie within what another machine moves.
+
+``lab_results`` is how the tests obtain each seed's results: seed 0 is the executed solution notebook (its
+``results/0N.json``), every other seed the package's own path with the notebook's settings.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from autograder.course import REPO_ROOT, resolve_lab
+from autograder.demo import execute_solution
+
+LAB01_STEPS, LAB01_BATCH, LAB01_MAIN_LR, LAB01_SWEEP = 150, 32, 1e-3, (1e-4, 3e-4, 1e-3)
+LORA_RANKS = (1, 4, 16, 64)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One asserted claim: ``margin(results)`` > 0 (``strict``) or >= 0 when it holds, down to ``-tolerance``
+    when a measured cross-platform spread forced a tolerance (``reason`` says which)."""
+
+    lab: str
+    name: str
+    text: str
+    margin: Callable[[dict], float]
+    strict: bool = False
+    tolerance: float = 0.0
+    reason: str = ""
+
+    def accepts(self, margin: float) -> bool:
+        """Whether a margin satisfies the claim, within its tolerance."""
+        return margin > -self.tolerance if self.strict else margin >= -self.tolerance
+
+    def holds(self, results: dict) -> bool:
+        """Whether the claim holds on one seed's results, within its tolerance."""
+        return self.accepts(self.margin(results))
+
+    def check(self, results: dict) -> None:
+        """Raise ``AssertionError`` naming the claim and its margin when it does not hold on ``results``."""
+        value = self.margin(results)
+        assert self.accepts(value), (
+            f"Lab {self.lab} claim {self.name!r} fails: margin {value:+.4f} "
+            f"(needs {'>' if self.strict else '>='} {-self.tolerance or 0.0:+.4f}). {self.text}"
+        )
+
+
+def ordered_gap(values: Sequence[float]) -> float:
+    """The smallest step of a sequence that should not decrease: >= 0 exactly when it is sorted ascending."""
+    return min(b - a for a, b in itertools.pairwise(values))
+
+
+# --- Lab 01: fine-tune & forget (results["runs"]: posttrain.studies.finetune_and_forget.learning_rate_sweep) --------
+
+
+def _lab01_run(results: dict, lr: float) -> dict:
+    return results["runs"][str(lr)]
+
+
+def _lab01_kept(results: dict, lr: float) -> float:
+    after = _lab01_run(results, lr)["accuracy_after"]
+    return after["json"] + after["refusal"]
+
+
+def _lab01_hidden_forgetting(results: dict) -> float:
+    """The largest amount by which an old skill's average drop understates its sample-wise forgetting F."""
+    return max(
+        row["forgetting"] - max(0.0, row["accuracy_before"] - row["accuracy_after"])
+        for run in results["runs"].values()
+        for skill, row in run["table"].items()
+        if skill != "new"
+    )
+
+
+def _lab01_collapse(results: dict) -> float:
+    run = _lab01_run(results, LAB01_MAIN_LR)
+    return max(run["accuracy_before"][s] - run["accuracy_after"][s] for s in ("json", "refusal")) - 0.30
+
+
+LAB01 = [
+    Claim(
+        "01",
+        "new_task_is_new",
+        "tiny-chat answers < 20 % of the new task before training",
+        lambda r: 0.2 - _lab01_run(r, LAB01_MAIN_LR)["accuracy_before"]["new"],
+        strict=True,
+    ),
+    Claim(
+        "01",
+        "masters_new_task",
+        "full fine-tuning at lr 1e-3 reaches >= 90 % on the new task",
+        lambda r: _lab01_run(r, LAB01_MAIN_LR)["accuracy_after"]["new"] - 0.9,
+    ),
+    Claim(
+        "01", "json_or_refusal_collapses", "JSON format or refusal drops by >= 30 points at lr 1e-3", _lab01_collapse
+    ),
+    Claim(
+        "01",
+        "average_understates_forgetting",
+        "somewhere in the sweep an old skill's average drop is smaller than its sample-wise forgetting",
+        _lab01_hidden_forgetting,
+        strict=True,
+    ),
+    Claim(
+        "01",
+        "forgetting_grows_3e-4_to_1e-3",
+        "JSON + refusal kept at lr 1e-3 < at lr 3e-4",
+        lambda r: _lab01_kept(r, 3e-4) - _lab01_kept(r, 1e-3),
+        strict=True,
+    ),
+    Claim(
+        "01",
+        "forgetting_grows_1e-4_to_3e-4",
+        "JSON + refusal kept at lr 3e-4 <= at lr 1e-4 (a tie: within two of 100 JSON items)",
+        lambda r: _lab01_kept(r, 1e-4) - _lab01_kept(r, 3e-4),
+        tolerance=0.02,
+        reason="at lr 1e-4 and 3e-4 refusal stays 1.00 and JSON 0.90-0.92: the two rates differ by 0 or 1 of the 100 "
+        "JSON items in every seed and platform measured, so the order between them is a tie; the growth of "
+        "forgetting with the learning rate is carried by 3e-4 -> 1e-3 (margin >= 1.15)",
+    ),
+]
+
+
+def new_facts_are_new(lab: str) -> Claim:
+    """Labs 02-03 train on facts about people no shipped model has seen: tiny-chat must know < 10 % of them."""
+    return Claim(
+        lab,
+        "new_facts_are_new",
+        "tiny-chat knows < 10 % of the new facts before training",
+        lambda r: 0.1 - r["accuracy_before"]["new"],
+        strict=True,
+    )
+
+
+# --- Lab 02: LoRA and regularization (results: posttrain.studies.lora_and_regularization.summarize) -------------------
+
+
+def _lab02_rank_accuracies(results: dict) -> list[float]:
+    return [results["best_at_budget"][f"LORA r={rank}"]["new"] for rank in LORA_RANKS]
+
+
+def _lab02_runs(results: dict, family: str) -> list[dict]:
+    return sorted((r for r in results["runs"] if r["family"] == family), key=lambda r: r["method"]["strength"])
+
+
+def _lab02_run(results: dict, family: str) -> dict:
+    label = results["best_at_budget"][family]["label"]
+    return next(r for r in results["runs"] if r["label"] == label)
+
+
+LAB02 = [
+    new_facts_are_new("02"),
+    Claim(
+        "02",
+        "lora_learning_rises_with_rank",
+        "at the budget, each rank at its best lr: new-task accuracy does not decrease from rank 1 to 64",
+        lambda r: ordered_gap(_lab02_rank_accuracies(r)),
+    ),
+    Claim(
+        "02",
+        "full_learns_at_least_lora_r64",
+        "full fine-tuning's best run learns at least as much as rank 64's (a near-tie in seed 1: 0.98 vs 0.97)",
+        lambda r: r["best_at_budget"]["full"]["new"] - _lab02_rank_accuracies(r)[-1],
+        tolerance=0.03,
+        reason="seed 1's margin is 0.007 (1 of 144 facts: full 0.979 at lr 3e-3, rank 64 0.972 at 5e-3); the kernel "
+        "paths measured here do not move it, but issue #12 measured runs of this sweep moving by up to 0.03 on "
+        "another machine, so full fine-tuning and rank 64 are a tie within that",
+    ),
+    Claim(
+        "02",
+        "rank1_learns_under_half_of_full",
+        "rank 1 learns less than half of what full fine-tuning learns",
+        lambda r: 0.5 * r["best_at_budget"]["full"]["new"] - _lab02_rank_accuracies(r)[0],
+        strict=True,
+    ),
+    Claim(
+        "02",
+        "full_update_is_high_rank",
+        "median effective rank of full fine-tuning's 42 updates >= 19 (target 20 = 5 x rank 4; measured 19.5-20)",
+        lambda r: r["full_effective_rank"]["median"] - 19,
+    ),
+    Claim(
+        "02",
+        "ewc_halves_the_drop_at_matched_accuracy",
+        "EWC within 5 points of full fine-tuning's accuracy loses at most half of its old-skill drop",
+        lambda r: (
+            -math.inf
+            if r["ewc_matched"] is None
+            else 0.5 * r["ewc_matched"]["full_old_drop"] - r["ewc_matched"]["old_drop"]
+        ),
+    ),
+    Claim(
+        "02",
+        "l2sp_stronger_learns_less",
+        "L2-SP with lambda 1 learns no more than with lambda 0.1",
+        lambda r: ordered_gap([run["new_accuracy"] for run in _lab02_runs(r, "L2-SP")][::-1]),
+    ),
+    Claim(
+        "02",
+        "l2sp_stronger_forgets_less",
+        "L2-SP with lambda 1 drops no more of the old skills than lambda 0.1",
+        lambda r: ordered_gap([run["old_drop"] for run in _lab02_runs(r, "L2-SP")][::-1]),
+    ),
+    Claim(
+        "02",
+        "ewc_update_spreads_wider",
+        "EWC's update has a higher median effective rank than full fine-tuning's",
+        lambda r: (
+            statistics.median(_lab02_run(r, "EWC")["effective_ranks"].values()) - r["full_effective_rank"]["median"]
+        ),
+        strict=True,
+    ),
+]
+
+
+# --- Lab 03: replay and self-distillation (results: posttrain.studies.replay_and_self_distillation.summarize) ---------
+
+
+def _lab03_runs(results: dict) -> dict[str, dict]:
+    return {run["label"]: run for run in results["runs"]}
+
+
+def _lab03_cheap_replay(results: dict) -> float:
+    cheap = [label for label in ("replay 1%", "replay 5%") if label in results["forgetting_cut"]]
+    return max(
+        min(results["forgetting_cut"][label] - 0.5, results["new_accuracy_share"][label] - 0.9) for label in cheap
+    )
+
+
+def _lab03_forgetting(results: dict, *labels: str) -> list[float]:
+    runs = _lab03_runs(results)
+    return [runs[label]["forgetting"] for label in labels]
+
+
+LAB03 = [
+    new_facts_are_new("03"),
+    Claim(
+        "03",
+        "plain_sft_learns",
+        "plain SFT reaches >= 90 % on the new facts",
+        lambda r: _lab03_runs(r)["plain"]["new_accuracy"] - 0.9,
+    ),
+    Claim(
+        "03",
+        "plain_sft_forgets",
+        "plain SFT's mean sample-wise forgetting is >= 0.8",
+        lambda r: _lab03_runs(r)["plain"]["forgetting"] - 0.8,
+    ),
+    Claim(
+        "03",
+        "little_replay_halves_forgetting",
+        "replay of <= 5 % removes >= 50 % of plain SFT's forgetting at >= 90 % of its new-task accuracy",
+        _lab03_cheap_replay,
+    ),
+    Claim(
+        "03",
+        "more_replay_forgets_less",
+        "forgetting with replay 1 % >= 5 % >= 20 %",
+        lambda r: ordered_gap(_lab03_forgetting(r, "replay 20%", "replay 5%", "replay 1%")),
+    ),
+    Claim(
+        "03",
+        "own_words_forget_less",
+        "forgetting: plain >= paraphrase >= self-output targets",
+        lambda r: ordered_gap(_lab03_forgetting(r, "self-output", "paraphrase", "plain")),
+    ),
+    Claim(
+        "03",
+        "nll_orders_the_styles",
+        "NLL under tiny-chat: plain > paraphrase > self-output targets",
+        lambda r: ordered_gap([r["target_nll"][s] for s in ("self-output", "paraphrase", "plain")]),
+    ),
+    Claim(
+        "03",
+        "self_output_learns",
+        "self-output targets reach >= 90 % on the new facts",
+        lambda r: _lab03_runs(r)["self-output"]["new_accuracy"] - 0.9,
+    ),
+    Claim(
+        "03",
+        "sdft_filter_keeps_most",
+        "the SDFT filter keeps >= 90 % of the rewrites",
+        lambda r: r["self_output_kept"] / r["self_output_total"] - 0.9,
+    ),
+    Claim(
+        "03",
+        "pseudo_replay_forgets_less",
+        "pseudo-replay 5 % forgets less than plain SFT",
+        lambda r: ordered_gap(_lab03_forgetting(r, "pseudo-replay 5%", "plain")),
+        strict=True,
+    ),
+    Claim(
+        "03",
+        "forward_kl_starts_with_old_mode",
+        "forward KL's old-mode mass starts > 0.85",
+        lambda r: r["theory"]["mass"]["forward"]["old_mass"][0] - 0.85,
+        strict=True,
+    ),
+    Claim(
+        "03",
+        "forward_kl_empties_old_mode",
+        "forward KL leaves < 0.05 of the old mode's mass",
+        lambda r: 0.05 - r["theory"]["mass"]["forward"]["old_mass"][-1],
+        strict=True,
+    ),
+    Claim(
+        "03",
+        "reverse_kl_keeps_old_mode",
+        "reverse KL keeps the old mode's mass within 0.05 of 0.5",
+        lambda r: 0.05 - abs(r["theory"]["mass"]["reverse"]["old_mass"][-1] - 0.5),
+    ),
+    Claim(
+        "03",
+        "drift_falls_with_separation",
+        "the old mean's drift falls monotonically with the separation (margin: smallest fall of log drift)",
+        lambda r: ordered_gap([-math.log(d) for d in r["theory"]["drift"]["drift"]]),
+    ),
+    Claim(
+        "03",
+        "drift_follows_bhattacharyya",
+        "corr(log drift, log BC) >= 0.9",
+        lambda r: r["theory"]["drift"]["log_correlation"] - 0.9,
+    ),
+    Claim(
+        "03",
+        "replay_moves_forward_optimum",
+        "with replay, forward KL's old weight is the replay ratio (+- 0.03)",
+        lambda r: (
+            0.03
+            - abs(r["theory"]["replay"]["forward_replay"]["old_weight"][-1] - r["theory"]["replay_ratio"]["forward"])
+        ),
+    ),
+    Claim(
+        "03",
+        "replay_leaves_reverse_optimum",
+        "with sampled replay, reverse KL's old weight stays 0.5 (+- 0.05)",
+        lambda r: 0.05 - abs(r["theory"]["replay"]["reverse_sampled_replay"]["old_weight"][-1] - 0.5),
+    ),
+]
+
+CLAIMS: dict[str, list[Claim]] = {"01": LAB01, "02": LAB02, "03": LAB03}
+
+
+def claim(lab: str, name: str) -> Claim:
+    """The claim of ``lab`` called ``name`` (``KeyError`` listing the lab's claims when there is none)."""
+    found = {c.name: c for c in CLAIMS[lab]}
+    if name not in found:
+        raise KeyError(f"Lab {lab} has no claim {name!r}; its claims are {sorted(found)}")
+    return found[name]
+
+
+def margins(lab: str, results: dict) -> dict[str, float]:
+    """Every claim's margin of ``lab`` on one seed's results."""
+    return {c.name: c.margin(results) for c in CLAIMS[lab]}
+
+
+def lab01_sweep_of_notebook(results: dict) -> dict:
+    """Lab 01's executed notebook (``results/01.json``) in the form of ``learning_rate_sweep``, with the notebook's
+    own results under ``"notebook"``: every sweep run starts from the same tiny-chat, so one snapshot before."""
+    runs = {
+        lr: {
+            "accuracy_before": results["accuracy_before"],
+            "accuracy_after": after,
+            "table": results["sample_wise_by_lr"][lr],
+        }
+        for lr, after in results["sweep_final"].items()
+    }
+    return {"runs": runs, "notebook": results}
+
+
+def lab_results(lab: str, seed: int, work: Path) -> dict:
+    """One seed's results of ``lab`` on the tiny profile, as the tests check them: seed 0 executes the solution
+    notebook in ``work`` and reads its results JSON; every other seed runs the package's path with the notebook's
+    settings. Lab 01's results are ``{"runs": learning_rate_sweep(...)}`` (plus ``"notebook"`` for seed 0)."""
+    from posttrain.core.profiles import resolve_profile
+    from posttrain.studies.finetune_and_forget import learning_rate_sweep
+    from posttrain.world.benchmarks import forgetting_benchmark, tiny_forgetting_benchmark
+
+    if lab not in CLAIMS:
+        raise KeyError(f"no claims are defined for lab {lab!r}; choose one of {sorted(CLAIMS)}")
+    if seed == 0:
+        execute_solution(resolve_lab(REPO_ROOT, lab), work)
+        results = json.loads((work / "results" / f"{lab}.json").read_text())
+        return lab01_sweep_of_notebook(results) if lab == "01" else results
+    if lab == "01":
+        bench = tiny_forgetting_benchmark(n_per_skill=100)
+        return {"runs": learning_rate_sweep(bench, LAB01_SWEEP, LAB01_STEPS, LAB01_BATCH, seed)}
+    profile = resolve_profile("tiny")
+    if lab == "02":
+        from posttrain.studies.lora_and_regularization import PLANS, summarize, sweep
+
+        bench = forgetting_benchmark(profile, n_per_skill=40, seed=seed, new_task="new_facts")
+        before, runs = sweep(profile, bench, PLANS["tiny"], seed=seed)
+        return summarize(profile, seed, PLANS["tiny"], before, runs)
+    from posttrain.studies.replay_and_self_distillation import PLANS, compare, summarize, theory_study
+
+    bench = forgetting_benchmark(profile, n_per_skill=40, seed=seed, new_task="verbose_facts")
+    before, materials, runs = compare(profile, bench, PLANS["tiny"], seed=seed)
+    return summarize(profile, seed, PLANS["tiny"], before, materials, runs, theory_study(seed=seed))

@@ -1,0 +1,271 @@
+"""Evaluation: greedy generation, skill scores, per-sample correctness and sample-wise forgetting.
+
+The sample-wise metrics follow Harmon et al., "Mapping Post-Training Forgetting in Language Models at
+Scale" (arXiv:2510.17776): forgetting is the share of items answered correctly before post-training and
+wrongly after (1→0), backward transfer the share of 0→1 items. For k-option multiple choice a model that
+does not know an item guesses and is right with probability 1/k, so some transitions are pure chance; the
+chance-adjusted versions subtract their expected share.
+
+Scoring knows no skill by name: every ``Item`` names its *scorer*, and the module that makes a skill's items
+registers that scorer (``register_scorer``); this module defines only ``exact`` (the reply equals the reference).
+The tiny world (``posttrain.world.tiny``, ``posttrain.world.benchmarks``) and the hub data (``posttrain.world.hub``)
+register theirs, and a new lab's data plugs in its own (a word error rate, a multi-answer reward) the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig
+
+from .data import chat_prompt_ids
+
+
+@dataclass(frozen=True)
+class Item:
+    """One evaluation or training example of a skill.
+
+    ``prompt`` is the user message, ``answer`` the reference assistant reply, ``choices`` the k multiple-choice
+    options (``choices[answer_index] == answer``) for chance-adjusted metrics, and ``subject``/``relation`` say which
+    fact the item is about (empty for non-fact skills). ``scorer`` names the registered rule that judges a generated
+    reply (``register_scorer``; default ``exact``); None marks an item scored only by multiple choice.
+    """
+
+    skill: str
+    prompt: str
+    answer: str
+    choices: tuple[str, ...]
+    answer_index: int
+    subject: str = ""
+    relation: str = ""
+    scorer: str | None = "exact"
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A decoded reply. ``stopped`` is True when the model ended its turn with the end-of-sequence token."""
+
+    text: str
+    stopped: bool
+
+
+Scorer = Callable[[Item, Generation], bool]
+_SCORERS: dict[str, Scorer] = {}
+
+
+def register_scorer(name: str) -> Callable[[Scorer], Scorer]:
+    """Decorator: register a scorer (``scorer(item, reply) -> bool``) under ``name``, the value of ``Item.scorer``.
+
+    The module that makes a skill's items registers its scorer at import, so whoever holds such an item has it.
+    Registering the same function again (a reloaded module) is allowed; another function under a taken name is not.
+    """
+
+    def register(scorer: Scorer) -> Scorer:
+        known = _SCORERS.get(name)
+        if known is not None and (known.__module__, known.__qualname__) != (scorer.__module__, scorer.__qualname__):
+            raise ValueError(
+                f"the scorer name {name!r} is taken by {known.__module__}.{known.__qualname__}; "
+                f"register {scorer.__module__}.{scorer.__qualname__} under another name"
+            )
+        _SCORERS[name] = scorer
+        return scorer
+
+    return register
+
+
+@register_scorer("exact")
+def exact_match(item: Item, reply: Generation) -> bool:
+    """The reply is exactly the reference answer."""
+    return reply.text == item.answer
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every token id that ends a reply: the tokenizer's end-of-sequence token, then each ``eos_token_id`` of the
+    model's generation config (Qwen2.5's instruct models stop at ``<|im_end|>`` and at ``<|endoftext|>``)."""
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+    return [i for i in dict.fromkeys([tokenizer.eos_token_id, *configured]) if i is not None]
+
+
+def greedy_config(model, tokenizer, max_new_tokens: int) -> GenerationConfig:
+    """Pure greedy decoding: the model's generation config with sampling off and every sampling field cleared
+    (a checkpoint's temperature, top-p and top-k would only be ignored, with a warning per call), no repetition
+    penalty (Qwen's 1.05-1.1 would penalise the repeated numbers of worked arithmetic), one beam, and every stop id
+    (``stop_token_ids``)."""
+    stops = stop_token_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    config = copy.deepcopy(model.generation_config)
+    config.update(
+        do_sample=False,
+        num_beams=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        min_p=None,
+        typical_p=None,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stops,
+        pad_token_id=pad,
+    )
+    return config
+
+
+@torch.no_grad()
+def generate(
+    model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 16, batch_size: int = 64
+) -> list[Generation]:
+    """Greedy-decode the assistant reply to each user prompt (chat template applied, left padding, ``greedy_config``).
+
+    A reply ends at the first of the model's stop ids (``stop_token_ids``); ``stopped`` says whether one came within
+    ``max_new_tokens``.
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    config = greedy_config(model, tokenizer, max_new_tokens)
+    stops = set(config.eos_token_id)
+    replies = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [chat_prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
+        width = max(len(ids) for ids in chunk)
+        pad = config.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk], device=device)
+        out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+        for row in out[:, width:].tolist():
+            end = next((k for k, token in enumerate(row) if token in stops), None)
+            text = tokenizer.decode(row if end is None else row[:end], skip_special_tokens=False).strip()
+            replies.append(Generation(text, stopped=end is not None))
+    return replies
+
+
+def score_item(item: Item, reply: Generation) -> bool:
+    """Whether ``reply`` solves ``item``, by the scorer the item names (``Item.scorer``, see ``register_scorer``)."""
+    if item.scorer is None:
+        raise ValueError(
+            f"items of skill {item.skill!r} are multiple choice only: score them by option log-likelihood "
+            "(multiple_choice_correct), not from a generated reply"
+        )
+    scorer = _SCORERS.get(item.scorer)
+    if scorer is None:
+        raise ValueError(
+            f"no scorer named {item.scorer!r} is registered (known: {', '.join(sorted(_SCORERS))}); import the module "
+            f"that makes the {item.skill!r} items, which registers it with posttrain.core.evaluate.register_scorer"
+        )
+    return scorer(item, reply)
+
+
+def per_sample_correct(model, tokenizer, items: Sequence[Item], max_new_tokens: int = 16) -> list[bool]:
+    """Generate a reply to each item and score it: one boolean per item (the unit of sample-wise metrics)."""
+    replies = generate(model, tokenizer, [i.prompt for i in items], max_new_tokens=max_new_tokens)
+    return [score_item(i, r) for i, r in zip(items, replies, strict=True)]
+
+
+@torch.no_grad()
+def choice_logprobs(model, tokenizer, item: Item) -> torch.Tensor:
+    """Sum of log-probabilities of each option's tokens as the assistant reply: shape (k,)."""
+    device = next(model.parameters()).device
+    prompt = chat_prompt_ids(tokenizer, item.prompt)
+    rows = [prompt + tokenizer(c, add_special_tokens=False)["input_ids"] for c in item.choices]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+    logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+    token_logp = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+    answer_mask = torch.zeros_like(token_logp)
+    for k, r in enumerate(rows):
+        answer_mask[k, len(prompt) - 1 : len(r) - 1] = 1
+    return (token_logp * answer_mask).sum(-1)
+
+
+def multiple_choice_correct(model, tokenizer, items: Sequence[Item]) -> list[bool]:
+    """k-option multiple choice: an item is correct when its answer has the highest log-likelihood."""
+    return [int(choice_logprobs(model, tokenizer, i).argmax()) == i.answer_index for i in items]
+
+
+def skill_scores(
+    model, tokenizer, skills: dict[str, Sequence[Item]], max_new_tokens: int = 16
+) -> dict[str, list[bool]]:
+    """Per-sample correctness of ``model`` on every skill (generation-based), keyed by skill name."""
+    return {name: per_sample_correct(model, tokenizer, items, max_new_tokens) for name, items in skills.items()}
+
+
+def accuracy(correct: Sequence[bool]) -> float:
+    """Share of correct items."""
+    if len(correct) == 0:
+        raise ValueError("accuracy of an empty list is undefined")
+    return sum(bool(c) for c in correct) / len(correct)
+
+
+@dataclass(frozen=True)
+class SampleWise:
+    """Sample-wise comparison of one skill before and after post-training (all shares of items)."""
+
+    accuracy_before: float
+    accuracy_after: float
+    forgetting: float
+    backward_transfer: float
+    forgetting_adjusted: float | None = None
+    backward_transfer_adjusted: float | None = None
+
+
+def chance_transitions(accuracy_before: float, accuracy_after: float, k: int) -> float:
+    """Expected share of 1→0 (and equally of 0→1) transitions caused by guessing among k options.
+
+    Under the response model of arXiv:2510.17776 an item is either known or guessed uniformly; an item
+    wrong with probability 1 - a is guessed with probability (1 - a) k / (k - 1), and a guessed item
+    flips right→wrong with probability (1/k)(k-1)/k. Guessing twice independently gives
+    (1 - a_before)(1 - a_after) / (k - 1).
+    """
+    if k < 2:
+        raise ValueError(f"chance adjustment needs k >= 2 options, got k={k}")
+    return (1 - accuracy_before) * (1 - accuracy_after) / (k - 1)
+
+
+def sample_wise(before: Sequence[bool], after: Sequence[bool], k: int | None = None) -> SampleWise:
+    """Forgetting (share of 1→0), backward transfer (share of 0→1) and, given k, their chance-adjusted
+    versions max(0, F - c) and max(0, BT - c) with c = ``chance_transitions`` (arXiv:2510.17776, sec. 3).
+
+    Note that accuracy_after - accuracy_before = BT - F exactly: the average hides every flip that a
+    flip in the other direction cancels.
+    """
+    if len(before) != len(after):
+        raise ValueError(f"before and after must score the same items: got {len(before)} and {len(after)}")
+    n = len(before)
+    if n == 0:
+        raise ValueError("sample-wise metrics of zero items are undefined")
+    b, a = [bool(x) for x in before], [bool(x) for x in after]
+    forgetting = sum(x and not y for x, y in zip(b, a, strict=False)) / n
+    transfer = sum(y and not x for x, y in zip(b, a, strict=False)) / n
+    acc_b, acc_a = sum(b) / n, sum(a) / n
+    if k is None:
+        return SampleWise(acc_b, acc_a, forgetting, transfer)
+    chance = chance_transitions(acc_b, acc_a, k)
+    return SampleWise(acc_b, acc_a, forgetting, transfer, max(0.0, forgetting - chance), max(0.0, transfer - chance))
+
+
+def evaluate_skills(model, tokenizer, skills: dict[str, Sequence[Item]], max_new_tokens: int = 16) -> dict[str, float]:
+    """Accuracy of ``model`` on each skill (a convenience over ``skill_scores``)."""
+    return {name: accuracy(c) for name, c in skill_scores(model, tokenizer, skills, max_new_tokens).items()}
+
+
+@torch.no_grad()
+def next_word_correct(model, tokenizer, pairs: Sequence[tuple[str, str]]) -> list[bool]:
+    """Raw-LM knowledge probe: is the greedy next token after each prefix the expected word?
+
+    Used for models without chat training (``tiny-base``, ``tiny-base-cpt``): ``("ada stone lives in",
+    "paris")`` is correct when ``paris`` is the arg-max continuation.
+    """
+    device = next(model.parameters()).device
+    correct = []
+    for prefix, word in pairs:
+        ids = [tokenizer.bos_token_id] + tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, -1]
+        target = tokenizer(word, add_special_tokens=False)["input_ids"][0]
+        correct.append(int(logits.argmax()) == target)
+    return correct

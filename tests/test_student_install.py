@@ -1,0 +1,53 @@
+"""The student install suffices: a fresh virtual environment with only what a notebook's setup cell installs (the
+course package and its own dependencies, at the lock's versions) runs Lab 01 on the tiny profile end to end, and
+holds none of the grader's or a notebook server's packages (which Colab pins and must not see replaced)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCK = ROOT / "requirements.lock"
+GRADER_ONLY = ("nbgrader", "papermill", "dask", "nbformat", "nbclient", "ipykernel", "IPython", "notebook", "pytest")
+
+pytestmark = pytest.mark.slow
+
+
+def run(*command: str | Path, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, **kwargs)
+    shown = " ".join(map(str, command))
+    assert result.returncode == 0, f"{shown} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def notebook_as_script(path: Path) -> str:
+    """Every code cell of a solution notebook, in order: the lab as a plain Python program (no IPython needed)."""
+    return "\n\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+
+
+def test_the_student_install_runs_lab_01_on_the_tiny_profile(tmp_path):
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", venv)
+    pip, python = venv / "bin" / "pip", venv / "bin" / "python"
+    run(ROOT / ".ci" / "install-torch", pip, LOCK)
+    run(pip, "install", "--quiet", "-c", LOCK, ROOT)  # a regular (non-editable) install, as from the git URL
+    found = run(python, "-c", f"import importlib.util as u; print([m for m in {GRADER_ONLY!r} if u.find_spec(m)])")
+    assert found.stdout.strip() == "[]", f"the student install pulled in grader packages: {found.stdout}"
+
+    work = tmp_path / "lab"
+    work.mkdir()
+    (work / "lab01.py").write_text(notebook_as_script(ROOT / "solutions" / "01_finetune_and_forget.ipynb"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    env |= {"POSTTRAIN_PROFILE": "tiny", "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1"}
+    lab = run(python, "lab01.py", cwd=work, env=env, timeout=900)
+    assert "the course package is installed" in lab.stdout and str(venv) in lab.stdout  # not the repo's copy
+    results = json.loads((work / "results" / "01.json").read_text())
+    assert (results["profile"], results["lr"]) == ("tiny", 0.001)
+    assert results["accuracy_after"]["new"] >= 0.9, f"Lab 01's new task was not learned: {results['accuracy_after']}"
