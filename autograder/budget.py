@@ -10,8 +10,6 @@ import importlib
 
 from autograder.course import Lab
 
-BUDGET_LIMIT_GB = 15.0  # a T4's memory
-
 
 def lab_budgets(labs: list[Lab]) -> list[dict]:
     """The budget row of each lab (``posttrain.core.budget.lab_budget_row`` of its study's ``colab_budget()``)."""
@@ -19,7 +17,7 @@ def lab_budgets(labs: list[Lab]) -> list[dict]:
 
     rows = []
     for lab in labs:
-        study = importlib.import_module(f"posttrain.studies.{lab.name.split('_', 1)[1]}")
+        study = importlib.import_module(lab.study)
         rows.append(lab_budget_row(study.colab_budget()))
     return rows
 

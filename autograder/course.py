@@ -42,6 +42,12 @@ class Lab:
         """The generated student notebook."""
         return self.repo / "labs" / f"{self.name}.ipynb"
 
+    @property
+    def study(self) -> str:
+        """The module of the lab's experiment, named after it: ``posttrain.studies.finetune_and_forget`` for
+        ``01_finetune_and_forget``."""
+        return f"posttrain.studies.{self.name.split('_', 1)[1]}"
+
 
 def all_labs(repo: Path) -> list[Lab]:
     """Return every lab with a source notebook in ``solutions/``, sorted by name."""

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from autograder.course import all_labs
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"posttrain": ROOT / "shared" / "posttrain", "autograder": ROOT / "autograder"}
 ROLES = ("core", "world", "methods", "studies")
@@ -147,9 +149,9 @@ def test_no_import_circle_in_either_package():
 
 
 def test_every_lab_has_a_study_named_after_it():
-    labs = sorted(path.stem.split("_", 1)[1] for path in (ROOT / "solutions").glob("*.ipynb"))
-    studies = {path.stem for path in (PACKAGES["posttrain"] / "studies").glob("*.py")} - {"__init__"}
-    assert labs and set(labs) <= studies, f"labs without posttrain/studies/<name>.py: {sorted(set(labs) - studies)}"
+    labs = all_labs(ROOT)
+    missing = [lab.study for lab in labs if lab.study not in module_files(PACKAGES)]
+    assert labs and not missing, f"labs without their study module: {missing}"
 
 
 def _write(folder: Path, files: dict[str, str]) -> None:

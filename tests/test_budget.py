@@ -8,10 +8,11 @@ from pathlib import Path
 
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from autograder.budget import BUDGET_LIMIT_GB, lab_budgets, markdown
+from autograder.budget import lab_budgets, markdown
 from autograder.course import all_labs
 from posttrain.core.budget import (
     QWEN2_5_0_5B,
+    T4,
     ModelShape,
     TrainingRun,
     activation_bytes_per_token,
@@ -28,13 +29,13 @@ def test_every_colab_plan_fits_a_t4_by_its_own_estimate():
     rows = lab_budgets(all_labs(ROOT))
     assert [row["lab"] for row in rows] == [lab.name for lab in all_labs(ROOT)]
     for row in rows:
-        assert row["peak_gb"] <= BUDGET_LIMIT_GB, f"{row['lab']} needs {row['peak_gb']} GB on a T4: {row['peaks']}"
+        assert row["peak_gb"] <= T4.memory_gb, f"{row['lab']} needs {row['peak_gb']} GB on a T4: {row['peaks']}"
 
 
 def test_the_former_lab_01_micro_batch_would_not_have_fitted():
     former = replace(finetune_and_forget.PLANS["colab"], batch_size=8, grad_accum=4)
     (run, _) = finetune_and_forget.colab_budget(former).runs
-    assert peak_memory(QWEN2_5_0_5B, run)["total"] > BUDGET_LIMIT_GB
+    assert peak_memory(QWEN2_5_0_5B, run)["total"] > T4.memory_gb
 
 
 def test_full_fine_tuning_costs_18_bytes_per_parameter_before_activations():

@@ -8,7 +8,7 @@ sample-wise forgetting table of Harmon et al. 2025 (arXiv:2510.17776) of each ru
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -17,6 +17,7 @@ from ..core.data import chat_example
 from ..core.forgetting import ForgettingBenchmark, Snapshot, sample_wise_table, take_snapshot
 from ..core.models import load_model
 from ..core.train import TrainConfig, masked_sft_loss, train
+from ..world.hub import GSM8K_LONG_TOKENS, GSM8K_MEAN_TOKENS
 
 
 @dataclass(frozen=True)
@@ -84,17 +85,11 @@ def learning_rate_sweep(
 
 def colab_budget(plan: Plan = PLANS["colab"], n_eval: int = 100, max_new_tokens: int = 256) -> LabBudget:
     """Lab 01 on a GPU: the main run and the sweep's other runs (one at a time: the notebook frees its model first),
-    GSM8K pairs up to 512 tokens (about 250 on average), and every snapshot decoding up to ``max_new_tokens`` for the
+    GSM8K pairs as long as ``GSM8K_LONG_TOKENS``, and every snapshot decoding up to ``max_new_tokens`` for the
     new task and each old skill (about 3 ``n_eval`` items: GSM8K, refusals, JSON questions, chat probes)."""
-    run = TrainingRun("full fine-tuning", plan.steps, plan.batch_size, plan.grad_accum, seq_len=512, mean_tokens=250)
-    sweep = TrainingRun(
-        "learning-rate sweep (each run)",
-        plan.steps,
-        plan.batch_size,
-        plan.grad_accum,
-        seq_len=512,
-        mean_tokens=250,
-        repeats=len(plan.sweep_lrs) - 1,
+    run = TrainingRun(
+        "full fine-tuning", plan.steps, plan.batch_size, plan.grad_accum, GSM8K_LONG_TOKENS, GSM8K_MEAN_TOKENS
     )
+    sweep = replace(run, label="learning-rate sweep (each run)", repeats=len(plan.sweep_lrs) - 1)
     snapshots = len(plan.sweep_lrs) * (plan.steps // plan.snapshot_every + 1)
     return LabBudget("01_finetune_and_forget", (run, sweep), snapshots * 3 * n_eval * max_new_tokens)

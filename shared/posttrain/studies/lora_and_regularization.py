@@ -36,6 +36,7 @@ from ..methods.regularize import (
     spectrum,
     weight_deltas,
 )
+from ..world.hub import GSM8K_LONG_TOKENS, GSM8K_MEAN_TOKENS
 from ..world.tiny import World
 
 KINDS = ("full", "lora", "peft-lora", "l2sp", "ewc")
@@ -444,17 +445,17 @@ def lora_step_time(
 def colab_budget(plan: Plan = PLANS["colab"], n_eval: int = 40, max_new_tokens: int = 256) -> LabBudget:
     """Lab 02 on a GPU (the notebook frees its own model before the sweep): EWC's Fisher pass in float32, then every
     run with two extra float32 copies alive, its anchor θ⁰ and the Fisher the sweep keeps for its EWC runs; GSM8K
-    pairs up to 512 tokens (about 250 on average); a snapshot before and one after each run."""
+    pairs as long as ``GSM8K_LONG_TOKENS``; a snapshot before and one after each run."""
     copies = 1 + bool(plan.ewc_strengths)
-    common = {"micro_batch": plan.batch_size, "grad_accum": plan.grad_accum, "seq_len": 512, "mean_tokens": 250}
+    lengths = {"seq_len": GSM8K_LONG_TOKENS, "mean_tokens": GSM8K_MEAN_TOKENS}
+    common = {"micro_batch": plan.batch_size, "grad_accum": plan.grad_accum} | lengths
     runs = [
         TrainingRun(
             "EWC's Fisher (float32, gradients only)",
             plan.fisher_examples // plan.fisher_batch_size,
             plan.fisher_batch_size,
             1,
-            512,
-            250,
+            **lengths,
             extra_copies=1,
             autocast=False,
             optimizer=False,

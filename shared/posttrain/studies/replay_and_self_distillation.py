@@ -14,9 +14,8 @@ differs:
 
 ``compare`` runs every variant of a ``Plan`` and ``summarize`` writes Lab 03's ``results/03.json`` together with
 the theory experiments (``theory_study``, on ``posttrain.methods.theory``'s Gaussian mixture). Each run also records
-the mean per-token negative
-log-likelihood of its new-task targets under the *starting* model: how far the targets are from what the model
-would say, the quantity arXiv:2501.14315 ties to forgetting.
+the mean per-token negative log-likelihood of its new-task targets under the *starting* model: how far the targets
+are from what the model would say, the quantity arXiv:2501.14315 ties to forgetting.
 """
 
 from __future__ import annotations
@@ -50,7 +49,15 @@ from ..methods.theory import (
     sampled_reverse_kl,
     train_mixture,
 )
-from ..world.hub import Loader, load_alpaca, paraphrase_gsm8k, same_final_answer, sdft_prompt
+from ..world.hub import (
+    GSM8K_LONG_TOKENS,
+    GSM8K_MEAN_TOKENS,
+    Loader,
+    load_alpaca,
+    paraphrase_gsm8k,
+    same_final_answer,
+    sdft_prompt,
+)
 from ..world.tiny import World, restate_prompt, words_from_reference
 
 KINDS = ("plain", "replay", "pseudo-replay", "paraphrase", "self-output")
@@ -424,12 +431,18 @@ def theory_study(
 
 
 def colab_budget(plan: Plan = PLANS["colab"], n_eval: int = 40, max_new_tokens: int = 256) -> LabBudget:
-    """Lab 03 on a GPU (the notebook frees its model after ``prepare``): one run per variant, GSM8K pairs up to 512
-    tokens (about 250 on average); decoding the SDFT rewrites of every training pair, the pseudo-replay answers and a
+    """Lab 03 on a GPU (the notebook frees its model after ``prepare``): one run per variant, GSM8K pairs as long as
+    ``GSM8K_LONG_TOKENS``; decoding the SDFT rewrites of every training pair, the pseudo-replay answers and a
     snapshot before and after each run."""
     variants = len(plan.variants())
     run = TrainingRun(
-        "fine-tuning (each variant)", plan.steps, plan.batch_size, plan.grad_accum, 512, 250, repeats=variants
+        "fine-tuning (each variant)",
+        plan.steps,
+        plan.batch_size,
+        plan.grad_accum,
+        GSM8K_LONG_TOKENS,
+        GSM8K_MEAN_TOKENS,
+        repeats=variants,
     )
     decoded = (plan.n_train + plan.per_skill + (1 + variants) * 3 * n_eval) * max_new_tokens
     return LabBudget("03_replay_and_self_distillation", (run,), decoded)

@@ -53,6 +53,10 @@ ADVBENCH = HubDataset("walledai/AdvBench", None, "MIT")
 MMLU = HubDataset("cais/mmlu", None, "MIT", files=(("test", "all/test-00000-of-00001.parquet"),))
 ALPACA = HubDataset("tatsu-lab/alpaca", None, "CC BY-NC 4.0")
 HUB_DATASETS = (GSM8K, ADVBENCH, MMLU, ALPACA)
+# Chat-formatted GSM8K pairs under Qwen2.5's tokenizer, estimated (the tokenizer is not available offline): about
+# 250 tokens on average, and 512 for the longest sequence of a batch, the length a GPU memory budget must hold.
+GSM8K_MEAN_TOKENS = 250
+GSM8K_LONG_TOKENS = 512
 
 # Skills that ``score_hub_item`` scores from a generated reply (``mmlu`` is scored by option log-likelihood).
 HUB_SKILLS: frozenset[str] = frozenset({"gsm8k", "refusal_open", "json_open"})
