@@ -32,11 +32,15 @@ lock:
 demo: $(STAMP)
 	$(BIN)/python -m autograder demo --work $(DEMO_DIR)
 
+# One pytest-xdist worker per core, each test file whole on one worker (a lab's notebook runs once, shared by the
+# tests of its file; conftest.py starts the slow files first). `pytest` alone runs everything in one process.
+PYTEST_PARALLEL := -n auto --dist loadfile --no-loadscope-reorder
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python -m autograder bench --out docs/bench

@@ -12,12 +12,12 @@ import json
 import sys
 from pathlib import Path
 
-from autograder.bench import run_grading_bench
+from autograder.bench import run_bench, run_grading_bench, run_lora_bench, run_speed_bench
 from autograder.budget import lab_budgets
 from autograder.budget import markdown as budget_markdown
 from autograder.collect import collect
 from autograder.course import REPO_ROOT, CourseError, Lab, all_labs, read_source, resolve_lab
-from autograder.demo import run_bench, run_demo, run_lora_bench
+from autograder.demo import run_demo
 from autograder.grade import GRADED, GradeResult, Limits, find_submissions, format_table
 from autograder.nbgrader_config import NbgraderError
 from autograder.options import add_grading_options, job_settings, run_grading
@@ -68,7 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="time the labs and the grader (docs/bench/*.json)")
     bench.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "bench", help="folder for the JSON files")
     bench.add_argument("--work", type=Path, default=Path("/tmp/posttrain-bench"), help="scratch folder")
-    bench.add_argument("--only", choices=("labs", "lora", "grading"), help="time only the labs, LoRA or the grader")
+    bench.add_argument(
+        "--only",
+        choices=("labs", "speed", "lora", "grading"),
+        help="time only the labs, the speed of training and evaluation, LoRA or the grader",
+    )
 
     budget = commands.add_parser("budget", help="each lab's colab plan on a T4, on paper (docs/colab_budget.md)")
     budget.add_argument("lab", nargs="?", default="all", help="a lab or all")
@@ -190,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.only in (None, "labs"):
             print(json.dumps(run_bench(repo, args.out, args.work), indent=1))
+        if args.only in (None, "speed"):
+            print(json.dumps(run_speed_bench(args.out), indent=1))
         if args.only in (None, "lora"):
             print(json.dumps(run_lora_bench(args.out), indent=1))
         if args.only in (None, "grading"):

@@ -1,6 +1,12 @@
-"""``python -m autograder bench``: how fast the grader is (``docs/bench/autograde.json``).
+"""``python -m autograder bench``: how fast the labs and the grader run, as JSON in ``docs/bench/``.
 
-Measured on the mini lab of the test suite (``tests/fixtures/mini_lab``), whose notebooks run in about a
+* ``labs.json``: each lab's solution notebook on the tiny profile, kernel start included;
+* ``speed.json``: the machine's fp32 GEMM peak, a Lab 01 training step's FLOP/s against it, and one forgetting
+  snapshot of each lab's benchmark (generation and multiple choice apart), from ``posttrain.core.speed``;
+* ``lora.json``: our LoRA's training step against PEFT's (Lab 02);
+* ``autograde.json``: the grader, below.
+
+The grader is measured on the mini lab of the test suite (``tests/fixtures/mini_lab``), whose notebooks run in about a
 second, so that what is timed is the grader, not training:
 
 * overhead per submission: a submission's grading wall time minus its notebook's own execution time
@@ -13,6 +19,7 @@ It also writes a paper estimate for a 500-student class on a Slurm GPU cluster f
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import time
@@ -21,7 +28,9 @@ from pathlib import Path
 import nbformat
 
 from autograder.attacks import solved_release
-from autograder.course import REPO_ROOT, Lab
+from autograder.claims import LAB01_BATCH, LAB01_MAIN_LR, lab_benchmark
+from autograder.course import REPO_ROOT, Lab, all_labs
+from autograder.demo import execute_solution
 from autograder.grade import Limits, find_submissions
 from autograder.release import release
 from autograder.sandbox import check_sandbox
@@ -102,3 +111,61 @@ def _slurm_estimate(overhead_s: float) -> dict:
         f"{overhead_s:.1f} s grader time per submission, 2 min for the jobs to start",
         "hours": round(total_s / 3600, 1),
     }
+
+
+def run_bench(repo: Path, out_dir: Path, work: Path) -> dict[str, dict]:
+    """Time each lab's solution notebook on the tiny profile; write ``out_dir/labs.json`` and return it."""
+    from posttrain.core.profiles import run_environment
+
+    report = {}
+    for lab in all_labs(repo):
+        _, seconds = execute_solution(lab, work / lab.name)
+        report[lab.name] = {"profile": os.environ.get("POSTTRAIN_PROFILE", "tiny"), "seconds": round(seconds, 1)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "labs.json").write_text(json.dumps({"environment": run_environment(), "labs": report}, indent=1) + "\n")
+    return report
+
+
+def run_lora_bench(out_dir: Path) -> dict:
+    """Time our LoRA's training step against PEFT's on the Lab 02 model and batch; write ``out_dir/lora.json``."""
+    from posttrain.core.profiles import resolve_profile, run_environment
+    from posttrain.studies.lora_and_regularization import lora_step_time
+    from posttrain.world.benchmarks import forgetting_benchmark
+
+    profile = resolve_profile(None)
+    report = lora_step_time(profile, forgetting_benchmark(profile, new_task="new_facts"))
+    report["environment"] = run_environment()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "lora.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def run_speed_bench(out_dir: Path, train_steps: int = 12) -> dict:
+    """Measure the GEMM peak, a Lab 01 training step of tiny-chat (batch ``LAB01_BATCH``) and one snapshot of each
+    lab's tiny benchmark with tiny-chat; write ``out_dir/speed.json`` and return it."""
+    import torch
+
+    from posttrain.core.data import chat_example
+    from posttrain.core.models import load_model
+    from posttrain.core.profiles import run_environment
+    from posttrain.core.speed import gemm_peak_flops, snapshot_seconds, training_flops
+    from posttrain.core.train import TrainConfig
+
+    peak = gemm_peak_flops()
+    model, tokenizer = load_model("tiny-chat", device="cpu", dtype=torch.float32)
+    snapshots = {lab: snapshot_seconds(model, tokenizer, lab_benchmark(lab)) for lab in ("01", "02", "03")}
+    examples = [chat_example(tokenizer, u, a) for u, a in lab_benchmark("01").new_task_train]
+    config = TrainConfig(steps=train_steps, lr=LAB01_MAIN_LR, batch_size=LAB01_BATCH, progress=False)
+    step = training_flops(model, examples, config, pad_id=tokenizer.pad_token_id)
+    flops = step.pop("flops_per_s")
+    step |= {"gflops": round(flops / 1e9, 1), "share_of_gemm_peak": round(flops / peak, 3)}
+    step["what"] = f"tiny-chat on Lab 01's new task, batch {LAB01_BATCH}: median step of {train_steps - 1}, 6·N·D FLOPs"
+    report = {
+        "environment": run_environment(),
+        "gemm_peak_gflops": round(peak / 1e9, 1),
+        "training_step": step,
+        "snapshot_per_lab": snapshots,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "speed.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report

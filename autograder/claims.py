@@ -10,8 +10,10 @@ A claim whose margin does not clear the measured spread is not dropped: its ``to
 with the measured ``reason``) lets the test accept a margin down to ``-tolerance``, and the lab's doc says that the
 claim is a tie within what another machine moves.
 
-``lab_results`` is how the tests obtain each seed's results: seed 0 is the executed solution notebook (its
-``results/0N.json``), every other seed the package's own path with the notebook's settings.
+Each seed's results: seed 0 is the executed solution notebook (its ``results/0N.json``, in the form
+``notebook_results`` gives it), every other seed the package's own path with the notebook's settings
+(``package_results``). ``lab_results`` executes the notebook for seed 0; the tests instead take the results file the
+solution wrote while the sample class was graded (``tests/conftest.py``), so that each notebook runs once.
 """
 
 from __future__ import annotations
@@ -370,9 +372,12 @@ def margins(lab: str, results: dict) -> dict[str, float]:
     return {c.name: c.margin(results) for c in CLAIMS[lab]}
 
 
-def lab01_sweep_of_notebook(results: dict) -> dict:
-    """Lab 01's executed notebook (``results/01.json``) in the form of ``learning_rate_sweep``, with the notebook's
-    own results under ``"notebook"``: every sweep run starts from the same tiny-chat, so one snapshot before."""
+def notebook_results(lab: str, results: dict) -> dict:
+    """Seed 0's results of ``lab`` from its solution notebook's results JSON, as the tests check them: Lab 01's in the
+    form of ``learning_rate_sweep`` with the notebook's own results under ``"notebook"`` (every sweep run starts from
+    the same tiny-chat, so one snapshot before), every other lab's as they are."""
+    if lab != "01":
+        return results
     runs = {
         lr: {
             "accuracy_before": results["accuracy_before"],
@@ -384,32 +389,47 @@ def lab01_sweep_of_notebook(results: dict) -> dict:
     return {"runs": runs, "notebook": results}
 
 
-def lab_results(lab: str, seed: int, work: Path) -> dict:
-    """One seed's results of ``lab`` on the tiny profile, as the tests check them: seed 0 executes the solution
-    notebook in ``work`` and reads its results JSON; every other seed runs the package's path with the notebook's
-    settings. Lab 01's results are ``{"runs": learning_rate_sweep(...)}`` (plus ``"notebook"`` for seed 0)."""
+def lab_benchmark(lab: str, seed: int = 0):
+    """The ``ForgettingBenchmark`` that ``lab``'s solution notebook builds on the tiny profile for ``seed``."""
     from posttrain.core.profiles import resolve_profile
-    from posttrain.studies.finetune_and_forget import learning_rate_sweep
     from posttrain.world.benchmarks import forgetting_benchmark, tiny_forgetting_benchmark
 
     if lab not in CLAIMS:
         raise KeyError(f"no claims are defined for lab {lab!r}; choose one of {sorted(CLAIMS)}")
-    if seed == 0:
-        execute_solution(resolve_lab(REPO_ROOT, lab), work)
-        results = json.loads((work / "results" / f"{lab}.json").read_text())
-        return lab01_sweep_of_notebook(results) if lab == "01" else results
     if lab == "01":
-        bench = tiny_forgetting_benchmark(n_per_skill=100)
+        return tiny_forgetting_benchmark(n_per_skill=100)
+    new_task = {"02": "new_facts", "03": "verbose_facts"}[lab]
+    return forgetting_benchmark(resolve_profile("tiny"), n_per_skill=40, seed=seed, new_task=new_task)
+
+
+def package_results(lab: str, seed: int) -> dict:
+    """One seed's results of ``lab`` on the tiny profile from the package's path with the notebook's settings (what
+    seeds 1 and 2 are). Lab 01's are ``{"runs": learning_rate_sweep(...)}``."""
+    from posttrain.core.profiles import resolve_profile
+
+    bench = lab_benchmark(lab, seed)
+    if lab == "01":
+        from posttrain.studies.finetune_and_forget import learning_rate_sweep
+
         return {"runs": learning_rate_sweep(bench, LAB01_SWEEP, LAB01_STEPS, LAB01_BATCH, seed)}
     profile = resolve_profile("tiny")
     if lab == "02":
         from posttrain.studies.lora_and_regularization import PLANS, summarize, sweep
 
-        bench = forgetting_benchmark(profile, n_per_skill=40, seed=seed, new_task="new_facts")
         before, runs = sweep(profile, bench, PLANS["tiny"], seed=seed)
         return summarize(profile, seed, PLANS["tiny"], before, runs)
     from posttrain.studies.replay_and_self_distillation import PLANS, compare, summarize, theory_study
 
-    bench = forgetting_benchmark(profile, n_per_skill=40, seed=seed, new_task="verbose_facts")
     before, materials, runs = compare(profile, bench, PLANS["tiny"], seed=seed)
     return summarize(profile, seed, PLANS["tiny"], before, materials, runs, theory_study(seed=seed))
+
+
+def lab_results(lab: str, seed: int, work: Path) -> dict:
+    """One seed's results of ``lab`` on the tiny profile: seed 0 executes the solution notebook in ``work`` and reads
+    its results JSON (``notebook_results``), every other seed runs ``package_results``."""
+    if seed != 0:
+        return package_results(lab, seed)
+    if lab not in CLAIMS:
+        raise KeyError(f"no claims are defined for lab {lab!r}; choose one of {sorted(CLAIMS)}")
+    execute_solution(resolve_lab(REPO_ROOT, lab), work)
+    return notebook_results(lab, json.loads((work / "results" / f"{lab}.json").read_text()))

@@ -1,7 +1,10 @@
-"""``python -m autograder demo``: run the finished labs, release them and grade a sample class.
+"""``python -m autograder demo``: release the finished labs and grade a sample class of each, which runs the lab.
 
 The sample class has, for every lab, one correct submission (the solution), one blank (the released
 notebook as handed out) and one partly solved (the released notebook with only some answer cells filled).
+Grading the solution executes it in the sandbox; the results JSON it writes is kept (``GradeJob.keep``), so the
+demo and the test suite run each solution notebook once. ``execute_solution`` runs one outside the grader
+(``make bench``, ``python -m autograder spread``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,25 @@ PARTIAL_ANSWERS = {
     "02_lora_and_regularization": ("task1_lora_forward", "task2_merge"),
     "03_replay_and_self_distillation": ("task4_reverse_kl", "task5_bhattacharyya"),
 }
+# The grade each lab's sample class must get: the solution 100, the blank release 0, the partly solved notebook the
+# points of the tasks it solves.
+PARTIAL_SCORES = {
+    # tasks 1 and 2 (15 + 15) and task 3, which the solved loss makes pass (10)
+    "01_finetune_and_forget": 40,
+    # tasks 1 (15) and 2 (10); the sweep needs tasks 3 and 5, so tasks 6 and 7 fail with it
+    "02_lora_and_regularization": 25,
+    # tasks 4 and 5 (35 points) and task 6, which checks the theory with them (15)
+    "03_replay_and_self_distillation": 50,
+}
+
+
+def expected_scores(lab: Lab) -> dict[str, float]:
+    """The score each submission of ``lab``'s sample class must get (``make_sample_class``)."""
+    return {"correct": 100, "blank": 0, "partial": PARTIAL_SCORES[lab.name]}
+
+
+# The results each solution notebook writes (``results/0N.json``), relative to its working directory.
+RESULTS_FILES = "results/*.json"
 
 
 def execute_solution(lab: Lab, work: Path, parameters: dict | None = None) -> tuple[Path, float]:
@@ -60,8 +82,12 @@ def make_sample_class(lab: Lab, folder: Path) -> Path:
     return folder
 
 
-def grade_sample_class(lab: Lab, folder: Path, grading: Path, workers: int = 2) -> list[GradeResult]:
-    """Grade the sample class in ``folder`` on a local dask cluster, sandboxed when the machine allows it."""
+def grade_sample_class(
+    lab: Lab, folder: Path, grading: Path, workers: int = 2, keep: tuple[str, ...] = (RESULTS_FILES,)
+) -> list[GradeResult]:
+    """Grade the sample class in ``folder`` on a local dask cluster, sandboxed when the machine allows it, keeping
+    the files each notebook writes that match ``keep`` (default: its results JSON, in ``GradeResult.kept`` and
+    ``grading/outputs/<student>/``): the solution's is the lab's results, so its notebook need not run again."""
     try:
         check_sandbox()
         sandbox = True
@@ -76,67 +102,52 @@ def grade_sample_class(lab: Lab, folder: Path, grading: Path, workers: int = 2) 
         sandbox=sandbox,
         threads=default_threads(workers),
         hidden=(str(folder),),
+        keep=keep,
     )
     results = sorted(grade_jobs(jobs, ResultStore(lab, grading), workers), key=lambda result: result.student)
     write_report(lab, grading, grading)
     return results
 
 
+def print_summary(name: str, summary: dict) -> None:
+    """Print the headline numbers of a lab's results JSON (``results/0N.json``)."""
+    for when in ("accuracy_before", "accuracy_after"):
+        if when in summary:
+            row = ", ".join(f"{skill} {value:.2f}" for skill, value in summary[when].items())
+            print(f"  {name} {when}: {row}")
+    for family, best in summary.get("best_at_budget", {}).items():
+        print(f"  {name} best at the budget, {family}: new {best['new']:.2f}, old drop {best['old_drop']:.2f}")
+    cuts = summary.get("forgetting_cut", {})
+    for run in summary.get("runs", []) if cuts else []:
+        cut = f", removes {cuts[run['label']]:.0%} of plain SFT's" if run["label"] in cuts else ""
+        print(f"  {name} {run['label']}: new {run['new_accuracy']:.2f}, forgetting {run['forgetting']:.2f}{cut}")
+
+
 def run_demo(repo: Path, work: Path) -> int:
-    """Execute every lab's solution, release all labs, grade a sample class per lab; return an exit code."""
+    """Release all labs and grade a sample class per lab, whose ``correct`` submission is the solution: its graded run
+    is the lab's run on the tiny profile, so each notebook executes once. Print each lab's results and grades; return
+    1 when a submission was not graded or did not get its expected score (``expected_scores``), else 0."""
     labs = all_labs(repo)
-    for lab in labs:
-        executed, seconds = execute_solution(lab, work / "executed")
-        results = work / "executed" / "results"
-        print(f"executed {lab.name} in {seconds:.0f} s -> {executed}")
-        path = results / f"{lab.name.split('_')[0]}.json"
-        summary = json.loads(path.read_text()) if path.is_file() else {}
-        for when in ("accuracy_before", "accuracy_after"):
-            if when in summary:
-                row = ", ".join(f"{skill} {value:.2f}" for skill, value in summary[when].items())
-                print(f"  {path.name} {when}: {row}")
-        for family, best in summary.get("best_at_budget", {}).items():
-            print(f"  {path.name} best at the budget, {family}: new {best['new']:.2f}, old drop {best['old_drop']:.2f}")
-        cuts = summary.get("forgetting_cut", {})
-        for run in summary.get("runs", []) if cuts else []:
-            cut = f", removes {cuts[run['label']]:.0%} of plain SFT's" if run["label"] in cuts else ""
-            print(
-                f"  {path.name} {run['label']}: new {run['new_accuracy']:.2f}, forgetting {run['forgetting']:.2f}{cut}"
-            )
     for path in release(labs):
         print(f"released {path.relative_to(repo)}")
     exit_code = 0
-    for lab in labs:
-        folder = make_sample_class(lab, work / "class" / lab.name)
-        graded = grade_sample_class(lab, folder, work / "grading" / lab.name)
-        print(f"\ngrades for {lab.name} (sample class in {folder}; report in {work / 'grading' / lab.name}):")
+    for number, lab in enumerate(labs, 1):
+        print(
+            f"\n[{number}/{len(labs)}] {lab.name}: grading its sample class (the solution runs in full) ...", flush=True
+        )
+        grading = work / "grading" / lab.name
+        start = time.time()
+        graded = grade_sample_class(lab, make_sample_class(lab, work / "class" / lab.name), grading)
+        print(
+            f"graded in {time.time() - start:.0f} s; the solution as it ran: {grading / 'autograded' / 'correct.ipynb'}"
+        )
+        correct = next(result for result in graded if result.student == "correct")
+        for name, text in correct.kept.items():
+            print_summary(Path(name).name, json.loads(text))
         print(format_table(graded))
+        scores = {result.student: result.score for result in graded}
+        if scores != expected_scores(lab):
+            print(f"  expected {expected_scores(lab)}")
+            exit_code = 1
         exit_code |= any(result.status != GRADED for result in graded)
     return int(exit_code)
-
-
-def run_bench(repo: Path, out_dir: Path, work: Path) -> dict[str, dict]:
-    """Time each lab's solution notebook on the tiny profile; write ``out_dir/labs.json`` and return it."""
-    from posttrain.core.profiles import run_environment
-
-    report = {}
-    for lab in all_labs(repo):
-        _, seconds = execute_solution(lab, work / lab.name)
-        report[lab.name] = {"profile": os.environ.get("POSTTRAIN_PROFILE", "tiny"), "seconds": round(seconds, 1)}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "labs.json").write_text(json.dumps({"environment": run_environment(), "labs": report}, indent=1) + "\n")
-    return report
-
-
-def run_lora_bench(out_dir: Path) -> dict:
-    """Time our LoRA's training step against PEFT's on the Lab 02 model and batch; write ``out_dir/lora.json``."""
-    from posttrain.core.profiles import resolve_profile, run_environment
-    from posttrain.studies.lora_and_regularization import lora_step_time
-    from posttrain.world.benchmarks import forgetting_benchmark
-
-    profile = resolve_profile(None)
-    report = lora_step_time(profile, forgetting_benchmark(profile, new_task="new_facts"))
-    report["environment"] = run_environment()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "lora.json").write_text(json.dumps(report, indent=1) + "\n")
-    return report

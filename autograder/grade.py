@@ -71,6 +71,7 @@ class GradeJob:
     hidden: tuple[str, ...] = ()  # extra paths the kernel must not see (submissions, outputs)
     grading_seed: str | None = None
     problem: str = ""  # set when no single notebook could be found for the student
+    keep: tuple[str, ...] = ()  # globs, relative to the kernel's working directory, of files to return (``kept``)
 
 
 @dataclass
@@ -86,6 +87,7 @@ class GradeResult:
     seconds: float = 0.0
     submission_sha256: str = ""
     autograded: str = ""  # the autograded notebook (JSON text), written out by the one writer
+    kept: dict[str, str] = field(default_factory=dict)  # files the notebook wrote that match ``GradeJob.keep``
 
 
 class Rejected(Exception):
@@ -138,7 +140,8 @@ def grade_submission(job: GradeJob) -> GradeResult:
     try:
         source = nbformat.read(job.lab.source, as_version=4)
         result.max_score = float(sum(cell.metadata.get("nbgrader", {}).get("points", 0) for cell in source.cells))
-        result.score, result.grades, result.reason, result.autograded = _autograde(job, graded_cell_ids(source))
+        graded = _autograde(job, graded_cell_ids(source))
+        result.score, result.grades, result.reason, result.autograded, result.kept = graded
     except Rejected as exc:
         result.status, result.reason = exc.status, str(exc)
     except Exception as exc:
@@ -221,8 +224,8 @@ def assignment_gradebook(lab: Lab) -> Path:
     return _assignment_gradebooks[key]
 
 
-def _autograde(job: GradeJob, source_ids: list[str]) -> tuple[float, dict[str, float], str, str]:
-    """Run nbgrader autograde in a fresh course; return (score, score per grade_id, remarks, notebook)."""
+def _autograde(job: GradeJob, source_ids: list[str]) -> tuple[float, dict[str, float], str, str, dict[str, str]]:
+    """Run nbgrader autograde in a fresh course; return (score, score per grade_id, remarks, notebook, kept files)."""
     submitted_ids = set(graded_cell_ids(_read_submission(job)))
     released = f"labs/{job.lab.name}.ipynb"
     if not submitted_ids & set(source_ids):
@@ -259,15 +262,42 @@ def _autograde(job: GradeJob, source_ids: list[str]) -> tuple[float, dict[str, f
                 scores = {grade.name: grade.score for grade in grades}
                 manual = [grade.name for grade in grades if grade.needs_manual_grade]
                 score = submission.score
-        autograded = (root / "autograded" / NBGRADER_STUDENT / name / f"{name}.ipynb").read_text(encoding="utf-8")
+        notebook_dir = root / "autograded" / NBGRADER_STUDENT / name
+        autograded = (notebook_dir / f"{name}.ipynb").read_text(encoding="utf-8")
+        kept, unkept = kept_files(root / "scratch" if job.sandbox else notebook_dir, job.keep)
     missing = [grade_id for grade_id in source_ids if grade_id not in submitted_ids]
     remarks = skipped_cells(nbformat.reads(autograded, as_version=4))
     if missing:
         remarks.append(f"cells missing from the submission: {', '.join(missing)}")
     if manual:
         remarks.append(f"needs manual grading: {', '.join(manual)}")
+    remarks += unkept
     ordered = {grade_id: scores[grade_id] for grade_id in source_ids if grade_id in scores}
-    return score, ordered, "; ".join(remarks), autograded
+    return score, ordered, "; ".join(remarks), autograded, kept
+
+
+KEPT_FILE_BYTES = 1_000_000
+
+
+def kept_files(workdir: Path, patterns: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """The text of each regular file under ``workdir`` matching one of ``patterns`` (relative paths as keys), and a
+    remark for each match not kept. The kernel wrote these files, so a link (which could point at a file only the
+    grader may read), a file over ``KEPT_FILE_BYTES`` or one that is not UTF-8 text is reported, never read."""
+    kept, remarks = {}, []
+    for pattern in patterns:
+        for path in sorted(workdir.glob(pattern)):
+            relative = path.relative_to(workdir)
+            folders = [workdir / folder for folder in relative.parents if folder != Path(".")]
+            if path.is_symlink() or not path.is_file() or any(folder.is_symlink() for folder in folders):
+                remarks.append(f"{relative} not kept: not a regular file")
+            elif path.stat().st_size > KEPT_FILE_BYTES:
+                remarks.append(f"{relative} not kept: larger than {KEPT_FILE_BYTES} bytes")
+            else:
+                try:
+                    kept[relative.as_posix()] = path.read_text(encoding="utf-8")
+                except UnicodeDecodeError:
+                    remarks.append(f"{relative} not kept: not UTF-8 text")
+    return kept, remarks
 
 
 def skipped_cells(notebook: nbformat.NotebookNode) -> list[str]:

@@ -80,7 +80,8 @@ def make_client(workers: int, scheduler: str | None = None, cluster: str = "loca
 
 
 class ResultStore:
-    """The grading folder of one lab: ``results.jsonl``, ``autograded/<student>.ipynb`` and ``gradebook.db``."""
+    """The grading folder of one lab: ``results.jsonl``, ``autograded/<student>.ipynb``, ``gradebook.db`` and the files
+    each notebook wrote that the grading keeps (``outputs/<student>/``, see ``GradeJob.keep``)."""
 
     def __init__(self, lab: Lab, folder: Path) -> None:
         self.lab, self.folder = lab, folder
@@ -134,11 +135,16 @@ class ResultStore:
             shutil.copyfile(assignment_gradebook(self.lab), database)
 
     def record(self, job: GradeJob, result: GradeResult) -> None:
-        """Append ``result`` to ``results.jsonl``, save its autograded notebook and merge it into the gradebook."""
+        """Append ``result`` to ``results.jsonl``, save its autograded notebook and the files it kept
+        (``outputs/<student>/``) and merge it into the gradebook."""
         notebook = self.folder / "autograded" / f"{job.student}.ipynb"
         if result.autograded:
             notebook.write_text(result.autograded, encoding="utf-8")
-        record = {key: value for key, value in asdict(result).items() if key != "autograded"}
+        for relative, text in result.kept.items():
+            path = self.folder / "outputs" / job.student / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        record = {key: value for key, value in asdict(result).items() if key not in ("autograded", "kept")}
         record["repairs"] = repair_notes(job)
         with self.results.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")

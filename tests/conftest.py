@@ -1,4 +1,5 @@
-"""Test setup: put ``shared/`` on the path (unless ``posttrain`` is installed) and build two small tokenizers.
+"""Test setup: put ``shared/`` on the path (unless ``posttrain`` is installed), share the cores among pytest-xdist's
+workers, run the slow files first, grade each lab's sample class once, and build two small tokenizers.
 
 ``world_tokenizer`` is the tiny world's word-level tokenizer (the one the shipped models use); ``chatml_tokenizer``
 is a byte-level BPE tokenizer with a simplified Qwen2 ChatML template, the style of the colab profile's models.
@@ -7,13 +8,78 @@ is a byte-level BPE tokenizer with a simplified Qwen2 ChatML template, the style
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 if importlib.util.find_spec("posttrain") is None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In a pytest-xdist worker (``make test`` runs ``-n auto --dist loadfile``), use this worker's share of the
+    cores: torch and every kernel or process a test starts get ``cores // workers`` threads. The tiny models run as
+    fast on one thread as on two, and give the same numbers (docs/margins.md measures a one-thread platform)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files that hold slow tests first, in their order, then the rest: with ``--dist loadfile`` each file goes whole
+    to one worker, and a file that runs notebooks for minutes must start early, not last."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
+@dataclass(frozen=True)
+class GradedSampleClass:
+    """A lab's sample class (``autograder.demo.make_sample_class``), graded in the sandbox on two workers."""
+
+    lab: object  # autograder.course.Lab
+    results: dict  # student -> autograder.grade.GradeResult
+
+    def scores(self) -> dict[str, float | str]:
+        """Each submission's score, or its status when it was not graded."""
+        return {s: r.score if r.status == "graded" else r.status for s, r in self.results.items()}
+
+    def notebook_results(self) -> dict:
+        """The results JSON the solution notebook (submission ``correct``) wrote while it was graded."""
+        correct = self.results["correct"]
+        name = f"results/{self.lab.name.split('_')[0]}.json"
+        if name not in correct.kept:
+            raise AssertionError(f"the graded solution wrote no {name} ({correct.status}: {correct.reason})")
+        return json.loads(correct.kept[name])
+
+
+@pytest.fixture(scope="session")
+def sample_class(tmp_path_factory) -> Callable[[str], GradedSampleClass]:
+    """``sample_class("02")``: lab 02's sample class, graded once per test process. Grading the ``correct``
+    submission executes the solution notebook, and the results it writes are that lab's seed 0: each solution
+    notebook runs once per test run (the lab's tests live in one file, so one worker)."""
+    from autograder.course import REPO_ROOT, resolve_lab
+    from autograder.demo import grade_sample_class, make_sample_class
+
+    graded: dict[str, GradedSampleClass] = {}
+
+    def grade(number: str) -> GradedSampleClass:
+        if number not in graded:
+            lab = resolve_lab(REPO_ROOT, number)
+            work = tmp_path_factory.mktemp(f"sample_class_{number}")
+            results = grade_sample_class(lab, make_sample_class(lab, work / "class"), work / "grading", workers=2)
+            graded[number] = GradedSampleClass(lab, {r.student: r for r in results})
+        return graded[number]
+
+    return grade
+
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"

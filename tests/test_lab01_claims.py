@@ -16,15 +16,18 @@ their margins against the cross-platform spread in docs/margins.md):
 
 import pytest
 
-from autograder.claims import claim, lab_results
+from autograder.claims import claim, notebook_results, package_results
+from autograder.demo import expected_scores
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", params=[0, 1, 2], ids=lambda s: f"seed{s}")
-def sweep(request, tmp_path_factory) -> dict:
+def sweep(request, sample_class) -> dict:
     """One training seed's sweep: {"runs": {str(lr): accuracies before and after, sample-wise table}}."""
-    return lab_results("01", request.param, tmp_path_factory.mktemp("lab01"))
+    if request.param == 0:  # the solution notebook, executed once: while its sample class is graded
+        return notebook_results("01", sample_class("01").notebook_results())
+    return package_results("01", request.param)
 
 
 def test_full_finetuning_masters_the_new_task(sweep):
@@ -52,3 +55,9 @@ def test_chance_adjustment_never_exceeds_raw_metrics(sweep):
         if skill.startswith("mc:"):
             assert 0.0 <= row["forgetting_adjusted"] <= row["forgetting"]
             assert 0.0 <= row["backward_transfer_adjusted"] <= row["backward_transfer"]
+
+
+def test_the_sample_class_gets_exact_grades_in_the_sandbox_on_two_workers(sample_class):
+    graded = sample_class("01")
+    assert graded.scores() == expected_scores(graded.lab)
+    assert {r.max_score for r in graded.results.values()} == {100}

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import pytest
 
-from autograder.claims import claim, lab_results
+from autograder.claims import claim, notebook_results, package_results
+from autograder.demo import expected_scores
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", params=[0, 1, 2], ids=lambda s: f"seed{s}")
-def results(request, tmp_path_factory) -> dict:
-    return lab_results("03", request.param, tmp_path_factory.mktemp("lab03"))
+def results(request, sample_class) -> dict:
+    if request.param == 0:  # the solution notebook, executed once: while its sample class is graded
+        return notebook_results("03", sample_class("03").notebook_results())
+    return package_results("03", request.param)
 
 
 def test_the_new_facts_are_new_and_plain_sft_learns_them_and_forgets(results):
@@ -63,3 +66,9 @@ def test_drift_falls_with_separation_as_the_bhattacharyya_coefficient(results):
 def test_replay_moves_the_forward_optimum_but_not_the_reverse_one(results):
     claim("03", "replay_moves_forward_optimum").check(results)
     claim("03", "replay_leaves_reverse_optimum").check(results)
+
+
+def test_the_sample_class_gets_exact_grades_in_the_sandbox_on_two_workers(sample_class):
+    graded = sample_class("03")
+    assert graded.scores() == expected_scores(graded.lab)
+    assert {r.max_score for r in graded.results.values()} == {100}

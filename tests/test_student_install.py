@@ -1,6 +1,8 @@
 """The student install suffices: a fresh virtual environment with only what a notebook's setup cell installs (the
 course package and its own dependencies, at the lock's versions) runs Lab 01 on the tiny profile end to end, and
-holds none of the grader's or a notebook server's packages (which Colab pins and must not see replaced)."""
+holds none of the grader's or a notebook server's packages (which Colab pins and must not see replaced). The lab runs
+its main fine-tuning run only (``SWEEP_LRS = [0.001]``, the main run's rate, injected as papermill would): the sweep's
+other runs execute the same code, and the whole notebook runs once per test run, in ``test_lab01_claims.py``."""
 
 from __future__ import annotations
 
@@ -28,9 +30,16 @@ def run(*command: str | Path, **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
-def notebook_as_script(path: Path) -> str:
-    """Every code cell of a solution notebook, in order: the lab as a plain Python program (no IPython needed)."""
-    return "\n\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+def notebook_as_script(path: Path, parameters: str = "") -> str:
+    """Every code cell of a solution notebook, in order, with ``parameters`` after its parameters cell (as papermill
+    injects them): the lab as a plain Python program (no IPython needed)."""
+    cells = []
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type == "code":
+            cells.append(cell.source)
+            if "parameters" in cell.metadata.get("tags", []):
+                cells.append(parameters)
+    return "\n\n".join(cells)
 
 
 def test_the_student_install_runs_lab_01_on_the_tiny_profile(tmp_path):
@@ -46,7 +55,8 @@ def test_the_student_install_runs_lab_01_on_the_tiny_profile(tmp_path):
 
     work = tmp_path / "lab"
     work.mkdir()
-    (work / "lab01.py").write_text(notebook_as_script(ROOT / "solutions" / "01_finetune_and_forget.ipynb"))
+    lab01 = notebook_as_script(ROOT / "solutions" / "01_finetune_and_forget.ipynb", parameters="SWEEP_LRS = [0.001]")
+    (work / "lab01.py").write_text(lab01)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env |= {"POSTTRAIN_PROFILE": "tiny", "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1"}
     lab = run(python, "lab01.py", cwd=work, env=env, timeout=900)

@@ -15,6 +15,7 @@ register theirs, and a new lab's data plugs in its own (a word error rate, a mul
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -117,7 +118,7 @@ def greedy_config(model, tokenizer, max_new_tokens: int) -> GenerationConfig:
 
 @torch.no_grad()
 def generate(
-    model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 16, batch_size: int = 64
+    model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 16, batch_size: int = 128
 ) -> list[Generation]:
     """Greedy-decode the assistant reply to each user prompt (chat template applied, left padding, ``greedy_config``).
 
@@ -161,38 +162,83 @@ def score_item(item: Item, reply: Generation) -> bool:
 
 def per_sample_correct(model, tokenizer, items: Sequence[Item], max_new_tokens: int = 16) -> list[bool]:
     """Generate a reply to each item and score it: one boolean per item (the unit of sample-wise metrics)."""
-    replies = generate(model, tokenizer, [i.prompt for i in items], max_new_tokens=max_new_tokens)
-    return [score_item(i, r) for i, r in zip(items, replies, strict=True)]
+    return per_group_correct(model, tokenizer, [items], max_new_tokens)[0]
+
+
+def per_group_correct(model, tokenizer, groups: Sequence[Sequence[Item]], max_new_tokens: int = 16) -> list[list[bool]]:
+    """``per_sample_correct`` of several groups of items (skills) at once: every distinct prompt is decoded once, in
+    batches of ``generate``, and each item scores that reply by its own scorer (a benchmark's ``chat`` probes reuse
+    the prompts of the other skills). Greedy decoding is deterministic, so a reply does not depend on which group
+    asked for it; ``tests/test_batched_evaluation.py`` checks that every item's correctness equals one ``generate``
+    per group on the shipped models."""
+    prompts = list(dict.fromkeys(item.prompt for items in groups for item in items))
+    replies = dict(zip(prompts, generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens), strict=True))
+    return [[score_item(item, replies[item.prompt]) for item in items] for items in groups]
+
+
+def _forward_with_cache(model, input_ids: torch.Tensor, cache=None) -> tuple[torch.Tensor, object]:
+    """Logits of one forward pass continuing ``cache`` (None: a fresh one) and the grown KV cache. Transformers 5
+    renamed the cache argument and output from ``past_key_values`` to ``cache``; this takes whichever the model has."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out = model(input_ids=input_ids, use_cache=True, **({name: cache} if cache is not None else {}))
+    return out.logits, out[name]
 
 
 @torch.no_grad()
-def choice_logprobs(model, tokenizer, item: Item) -> torch.Tensor:
-    """Sum of log-probabilities of each option's tokens as the assistant reply: shape (k,)."""
+def choice_logprobs(model, tokenizer, items: Sequence[Item], batch_size: int = 128) -> list[torch.Tensor]:
+    """Sum of log-probabilities of each option's tokens as the assistant reply to each item: one (k,) tensor per item.
+
+    Items whose prompts have the same length and the same number of options are batched: one forward pass over
+    their prompts (no padding) fills a KV cache whose last logits score every option's first token; then, for each
+    option index, one pass over the options' remaining tokens (right-padded, so no real token sees a pad) continues
+    from that cache, which is cropped back to the prompt after each pass. Single-token options (a fact's name, a
+    number) need no pass beyond the prompt's.
+    """
     device = next(model.parameters()).device
-    prompt = chat_prompt_ids(tokenizer, item.prompt)
-    rows = [prompt + tokenizer(c, add_special_tokens=False)["input_ids"] for c in item.choices]
-    width = max(len(r) for r in rows)
+    model.eval()
+    prompts = [chat_prompt_ids(tokenizer, item.prompt) for item in items]
+    options = [[tokenizer(c, add_special_tokens=False)["input_ids"] for c in item.choices] for item in items]
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for index, (prompt, choices) in enumerate(zip(prompts, options, strict=True)):
+        buckets.setdefault((len(prompt), len(choices)), []).append(index)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-    logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-    token_logp = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
-    answer_mask = torch.zeros_like(token_logp)
-    for k, r in enumerate(rows):
-        answer_mask[k, len(prompt) - 1 : len(r) - 1] = 1
-    return (token_logp * answer_mask).sum(-1)
+    scores: list[torch.Tensor] = [torch.empty(0)] * len(items)
+    for (_, k), members in buckets.items():
+        for start in range(0, len(members), batch_size):
+            chunk = members[start : start + batch_size]
+            logits, cache = _forward_with_cache(model, torch.tensor([prompts[i] for i in chunk], device=device))
+            first = torch.log_softmax(logits[:, -1].float(), dim=-1)
+            totals = torch.zeros(len(chunk), k)
+            for j in range(k):
+                tokens = [options[i][j] for i in chunk]
+                width = max(len(t) for t in tokens)
+                ids = torch.tensor([t + [pad] * (width - len(t)) for t in tokens], device=device)
+                logp = first[:, None, :]
+                if width > 1:
+                    rest, cache = _forward_with_cache(model, ids[:, :-1], cache)
+                    cache.crop(1 - width)  # a negative crop removes tokens, in every transformers version
+                    logp = torch.cat([logp, torch.log_softmax(rest.float(), dim=-1)], dim=1)
+                token_logp = logp.gather(-1, ids[:, :, None]).squeeze(-1)
+                lengths = torch.tensor([len(t) for t in tokens], device=device)
+                real = torch.arange(width, device=device)[None, :] < lengths[:, None]
+                totals[:, j] = (token_logp * real).sum(-1).cpu()
+            for row, index in enumerate(chunk):
+                scores[index] = totals[row]
+    return scores
 
 
 def multiple_choice_correct(model, tokenizer, items: Sequence[Item]) -> list[bool]:
     """k-option multiple choice: an item is correct when its answer has the highest log-likelihood."""
-    return [int(choice_logprobs(model, tokenizer, i).argmax()) == i.answer_index for i in items]
+    return [
+        int(s.argmax()) == i.answer_index for i, s in zip(items, choice_logprobs(model, tokenizer, items), strict=True)
+    ]
 
 
 def skill_scores(
     model, tokenizer, skills: dict[str, Sequence[Item]], max_new_tokens: int = 16
 ) -> dict[str, list[bool]]:
     """Per-sample correctness of ``model`` on every skill (generation-based), keyed by skill name."""
-    return {name: per_sample_correct(model, tokenizer, items, max_new_tokens) for name, items in skills.items()}
+    return dict(zip(skills, per_group_correct(model, tokenizer, list(skills.values()), max_new_tokens), strict=True))
 
 
 def accuracy(correct: Sequence[bool]) -> float:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass, field
 
-from .evaluate import Item, accuracy, multiple_choice_correct, per_sample_correct, sample_wise
+from .evaluate import Item, accuracy, multiple_choice_correct, per_group_correct, sample_wise
 
 K_OPTIONS = 4
 
@@ -58,14 +58,16 @@ class Snapshot:
 def take_snapshot(
     model, tokenizer, bench: ForgettingBenchmark, step: int = 0, with_mc: bool = True, max_new_tokens: int = 16
 ) -> Snapshot:
-    """Score ``model`` on every item of ``bench`` (multiple choice only if ``with_mc``)."""
-    new = per_sample_correct(model, tokenizer, bench.new_task_eval, max_new_tokens)
-    old = {s: per_sample_correct(model, tokenizer, items, max_new_tokens) for s, items in bench.old_skills.items()}
-    mc = (
-        {s: multiple_choice_correct(model, tokenizer, items) for s, items in bench.multiple_choice.items()}
-        if with_mc
-        else {}
-    )
+    """Score ``model`` on every item of ``bench`` (multiple choice only if ``with_mc``): every distinct prompt is
+    decoded once (``per_group_correct``) and every multiple-choice item scored in shared batches."""
+    new, *old = per_group_correct(model, tokenizer, [bench.new_task_eval, *bench.old_skills.values()], max_new_tokens)
+    mc = {}
+    if with_mc:
+        correct = iter(
+            multiple_choice_correct(model, tokenizer, [i for items in bench.multiple_choice.values() for i in items])
+        )
+        mc = {skill: [next(correct) for _ in items] for skill, items in bench.multiple_choice.items()}
+    old = dict(zip(bench.old_skills, old, strict=True))
     return Snapshot(step, new, old, mc)
 
 

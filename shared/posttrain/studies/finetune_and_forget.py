@@ -48,11 +48,14 @@ def finetune_with_snapshots(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = masked_sft_loss,
     snapshot_every: int = 0,
     max_new_tokens: int = 16,
+    before: Snapshot | None = None,
 ) -> list[Snapshot]:
     """Fully fine-tune ``model`` in place on the new task; return snapshots at step 0, every
-    ``snapshot_every`` steps (0: none in between) and at the end (the last one with multiple choice)."""
+    ``snapshot_every`` steps (0: none in between) and at the end (the first and last with multiple choice).
+    ``before`` is the step-0 snapshot when one was already taken of the same checkpoint (a sweep's runs all start
+    from it), so that it is not measured again."""
     examples = [chat_example(tokenizer, u, a) for u, a in bench.new_task_train]
-    snapshots = [take_snapshot(model, tokenizer, bench, 0, max_new_tokens=max_new_tokens)]
+    snapshots = [before or take_snapshot(model, tokenizer, bench, 0, max_new_tokens=max_new_tokens)]
 
     def watch(step: int, _loss: float) -> None:
         if snapshot_every and step % snapshot_every == 0 and step < config.steps:
@@ -69,11 +72,12 @@ def learning_rate_sweep(
 ) -> dict[str, dict]:
     """Lab 01's sweep as JSON: for each learning rate (key ``str(lr)``), fully fine-tune a fresh tiny-chat on the new
     task and record every skill's accuracy before and after and the sample-wise table (``sample_wise_table``)."""
-    runs = {}
+    runs, before = {}, None
     for lr in learning_rates:
         model, tokenizer = load_model("tiny-chat", device="cpu")
         config = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed, progress=False)
-        snapshots = finetune_with_snapshots(model, tokenizer, bench, config)
+        snapshots = finetune_with_snapshots(model, tokenizer, bench, config, before=before)
+        before = snapshots[0]
         before, after = snapshots[0], snapshots[-1]
         runs[str(lr)] = {
             "accuracy_before": before.accuracies(),

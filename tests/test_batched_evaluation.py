@@ -1,0 +1,97 @@
+"""Batched evaluation gives the per-item path's answers, item by item, on the shipped models.
+
+Multiple choice used to run one forward pass per item (its k options right-padded to one width);
+``evaluate.choice_logprobs`` now scores the prompts of many items in one pass and continues each option from a KV
+cache. The prompts of a batch have one length, so no prompt is padded; options are right-padded, so no real token
+attends to a pad. What can still differ is floating-point rounding (other matrix shapes, the cache path): the tests
+bound that difference and check it is far below the smallest gap between an item's two best options, so no argmax
+can flip, and that every item's correctness is the same.
+
+Generation still left-pads; ``take_snapshot`` now decodes every distinct prompt once, across skills, in batches of
+128 rather than one ``generate`` call per skill in batches of 64. Left padding changes which other prompts share a
+batch, which could move a near-tie between two next tokens; the tests show every reply is byte-identical.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from posttrain.core.data import chat_prompt_ids
+from posttrain.core.evaluate import Item, choice_logprobs, generate, multiple_choice_correct, per_group_correct
+from posttrain.core.forgetting import take_snapshot
+from posttrain.core.models import load_model
+from posttrain.world.benchmarks import tiny_forgetting_benchmark
+
+SHIPPED = ("tiny-chat", "tiny-base-cpt", "tiny-base")
+
+
+@torch.no_grad()
+def per_item_choice_logprobs(model, tokenizer, item: Item) -> torch.Tensor:
+    """The former path, kept as the oracle: one forward pass over the item's k options, right-padded."""
+    prompt = chat_prompt_ids(tokenizer, item.prompt)
+    rows = [prompt + tokenizer(c, add_special_tokens=False)["input_ids"] for c in item.choices]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+    token_logp = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+    answer = torch.zeros_like(token_logp)
+    for k, row in enumerate(rows):
+        answer[k, len(prompt) - 1 : len(row) - 1] = 1
+    return (token_logp * answer).sum(-1)
+
+
+def top_two_gap(scores: torch.Tensor) -> float:
+    """How far the best option's log-likelihood lies above the second best."""
+    best = scores.sort(descending=True).values
+    return float(best[0] - best[1])
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return tiny_forgetting_benchmark(n_per_skill=100)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_batched_multiple_choice_matches_one_pass_per_item_on_every_skill(name, bench):
+    model, tokenizer = load_model(name, device="cpu")
+    model.eval()
+    for skill, items in bench.multiple_choice.items():
+        batched = choice_logprobs(model, tokenizer, items)
+        oracle = [per_item_choice_logprobs(model, tokenizer, item) for item in items]
+        rounding = max(float((b - o).abs().max()) for b, o in zip(batched, oracle, strict=True))
+        smallest_gap = min(top_two_gap(o) for o in oracle)
+        assert rounding < 1e-4, f"{name}/{skill}: batched log-likelihoods differ by {rounding}"
+        assert 2 * rounding < smallest_gap, f"{name}/{skill}: a tie ({smallest_gap}) within rounding ({rounding})"
+        expected = [int(o.argmax()) == item.answer_index for item, o in zip(items, oracle, strict=True)]
+        assert multiple_choice_correct(model, tokenizer, items) == expected
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_one_decode_per_distinct_prompt_matches_one_generate_per_skill(name, bench):
+    model, tokenizer = load_model(name, device="cpu")
+    groups = [bench.new_task_eval, *bench.old_skills.values()]
+    prompts = [[item.prompt for item in items] for items in groups]
+    assert len({p for group in prompts for p in group}) < sum(map(len, prompts))  # the chat probes repeat prompts
+    per_skill = [generate(model, tokenizer, group, batch_size=64) for group in prompts]
+    together = generate(model, tokenizer, [p for group in prompts for p in group])
+    assert together == [reply for replies in per_skill for reply in replies]
+    snapshot = take_snapshot(model, tokenizer, bench)
+    assert [snapshot.new, *snapshot.old.values()] == per_group_correct(model, tokenizer, groups)
+
+
+def test_batched_multiple_choice_handles_mixed_lengths_option_counts_and_a_qwen2_model(tiny_qwen2_dir):
+    model, tokenizer = load_model(str(tiny_qwen2_dir), device="cpu")
+    items = [
+        Item("s", "hi there", "hello", ("hello", "hi !", "how are you today ?"), 0),
+        Item("s", "how are you today ?", "hi", ("hi", "there"), 0),
+        Item("s", "hi", "there ,", ("there ,", "", "you"), 0),
+        Item("s", "hello !", "today", ("today", "you are", "hi there", "!"), 0),
+    ]
+    batched = choice_logprobs(model, tokenizer, items, batch_size=2)
+    for item, scores in zip(items, batched, strict=True):
+        assert scores.shape == (len(item.choices),)
+        torch.testing.assert_close(scores, per_item_choice_logprobs(model, tokenizer, item), atol=1e-4, rtol=0)
+    assert batched[2][1] == 0.0  # an empty option has no tokens to score
