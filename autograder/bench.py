@@ -158,6 +158,7 @@ def run_speed_bench(out_dir: Path, train_steps: int = 12) -> dict:
     config = TrainConfig(steps=train_steps, lr=LAB01_MAIN_LR, batch_size=LAB01_BATCH, progress=False)
     step = training_flops(model, examples, config, pad_id=tokenizer.pad_token_id)
     flops = step.pop("flops_per_s")
+    step |= {"step_s": round(step["step_s"], 4), "tokens_per_step": round(step["tokens_per_step"], 1)}
     step |= {"gflops": round(flops / 1e9, 1), "share_of_gemm_peak": round(flops / peak, 3)}
     step["what"] = f"tiny-chat on Lab 01's new task, batch {LAB01_BATCH}: median step of {train_steps - 1}, 6·N·D FLOPs"
     report = {

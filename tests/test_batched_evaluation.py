@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from posttrain.core.data import chat_prompt_ids
-from posttrain.core.evaluate import Item, choice_logprobs, generate, multiple_choice_correct, per_group_correct
+from posttrain.core.evaluate import Item, choice_logprobs, generate, multiple_choice_correct, score_item
 from posttrain.core.forgetting import take_snapshot
 from posttrain.core.models import load_model
 from posttrain.world.benchmarks import tiny_forgetting_benchmark
@@ -73,13 +73,17 @@ def test_batched_multiple_choice_matches_one_pass_per_item_on_every_skill(name, 
 def test_one_decode_per_distinct_prompt_matches_one_generate_per_skill(name, bench):
     model, tokenizer = load_model(name, device="cpu")
     groups = [bench.new_task_eval, *bench.old_skills.values()]
-    prompts = [[item.prompt for item in items] for items in groups]
-    assert len({p for group in prompts for p in group}) < sum(map(len, prompts))  # the chat probes repeat prompts
-    per_skill = [generate(model, tokenizer, group, batch_size=64) for group in prompts]
-    together = generate(model, tokenizer, [p for group in prompts for p in group])
-    assert together == [reply for replies in per_skill for reply in replies]
-    snapshot = take_snapshot(model, tokenizer, bench)
-    assert [snapshot.new, *snapshot.old.values()] == per_group_correct(model, tokenizer, groups)
+    per_skill = [generate(model, tokenizer, [item.prompt for item in items], batch_size=64) for items in groups]
+    oracle = [
+        [score_item(item, reply) for item, reply in zip(items, replies, strict=True)]
+        for items, replies in zip(groups, per_skill, strict=True)
+    ]
+    snapshot = take_snapshot(model, tokenizer, bench, with_mc=False)
+    assert [snapshot.new, *snapshot.old.values()] == oracle
+    distinct = list(dict.fromkeys(item.prompt for items in groups for item in items))
+    assert len(distinct) < sum(map(len, groups))  # the chat probes repeat the other skills' prompts
+    replies = dict(zip(distinct, generate(model, tokenizer, distinct), strict=True))
+    assert [[replies[item.prompt] for item in items] for items in groups] == per_skill  # byte-identical replies
 
 
 def test_batched_multiple_choice_handles_mixed_lengths_option_counts_and_a_qwen2_model(tiny_qwen2_dir):

@@ -44,9 +44,9 @@ def training_flops(model: torch.nn.Module, examples: Sequence[Example], config: 
     parameters = sum(p.numel() for p in model.parameters())
     tokens = config.batch_size * config.grad_accum * statistics.fmean(len(e.input_ids) for e in examples)
     return {
-        "step_s": round(step_seconds, 4),
+        "step_s": step_seconds,
         "parameters": parameters,
-        "tokens_per_step": round(tokens, 1),
+        "tokens_per_step": tokens,
         "flops_per_s": 6 * parameters * tokens / step_seconds,
     }
 
