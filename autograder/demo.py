@@ -27,15 +27,17 @@ from autograder.sandbox import SandboxUnavailable, check_sandbox
 from autograder.scheduler import ResultStore, default_threads, grade_jobs
 
 # Answer cells filled in the partly solved sample submission, per lab (the rest stays blank).
+# Each leaves the lab's training unsolved, so the partial submission costs seconds, not the lab's minute: a real
+# partly solved notebook, graded as it stands, while the solution's grading runs the lab.
 PARTIAL_ANSWERS = {
-    "01_finetune_and_forget": ("task1_masked_loss", "task2_sft_example"),
+    "01_finetune_and_forget": ("task4_sample_wise", "task5_chance"),
     "02_lora_and_regularization": ("task1_lora_forward", "task2_merge"),
     "03_replay_and_self_distillation": ("task4_reverse_kl", "task5_bhattacharyya"),
 }
 # The grade each lab's sample class must get: the solution 100, the blank release 0, the partly solved notebook the
 # points of the tasks it solves.
 PARTIAL_SCORES = {
-    # tasks 1 and 2 (15 + 15) and task 3, which the solved loss makes pass (10)
+    # tasks 4 and 5 (20 + 20); without the loss of task 1 nothing trains, so tasks 3, 6 and 7 fail with it
     "01_finetune_and_forget": 40,
     # tasks 1 (15) and 2 (10); the sweep needs tasks 3 and 5, so tasks 6 and 7 fail with it
     "02_lora_and_regularization": 25,
