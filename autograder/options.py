@@ -31,6 +31,14 @@ def add_grading_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed-file", type=Path, help=f"file holding the secret grading seed (else ${GRADING_SEED_ENV})"
     )
+    parser.add_argument(
+        "--keep",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="keep the files each notebook writes that match GLOB (relative to its working directory, e.g. "
+        "'results/*.json') in OUT/outputs/<student>/; repeatable",
+    )
 
 
 def grading_seed(seed_file: Path | None) -> str | None:
@@ -65,6 +73,7 @@ def job_settings(args: argparse.Namespace, extra_hidden: tuple[str, ...]) -> dic
         "threads": default_threads(args.workers),
         "hidden": tuple(str(Path(p).resolve()) for p in extra_hidden),
         "grading_seed": grading_seed(args.seed_file),
+        "keep": tuple(args.keep),
     }
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..core.budget import QWEN2_5_0_5B, LabBudget, TrainingRun, lora_parameters
-from ..core.data import chat_example
+from ..core.data import Example, chat_example
 from ..core.forgetting import ForgettingBenchmark, Snapshot, learning_and_forgetting, take_snapshot
 from ..core.models import load_model
 from ..core.profiles import Profile, run_environment, seed_everything
@@ -217,13 +217,15 @@ def run_method(
     fisher: dict[str, torch.Tensor] | None = None,
     penalty: Callable[..., Penalty] | None = None,
     rank_fn: RankFn = effective_rank,
+    examples: Sequence[Example] | None = None,
 ) -> RunResult:
     """Fine-tune a fresh ``profile.chat_model`` on ``bench``'s new task with ``method``; score it against ``before``.
 
     L2-SP and EWC add λ/2 Σ_j b_j (θ_j − θ⁰_j)² to the loss (``posttrain.methods.regularize``); EWC's b_j is ``fisher``
     (``ewc_fisher``). ``penalty`` replaces the penalty builder, called as
     ``penalty(anchor, strength)`` for L2-SP and ``penalty(anchor, strength, fisher)`` for EWC (the notebook passes
-    the student's). LoRA is merged before scoring; ``rank_fn`` measures every adapted matrix's ΔW.
+    the student's). LoRA is merged before scoring; ``rank_fn`` measures every adapted matrix's ΔW. ``examples`` are the
+    new task's training pairs already tokenised (``sweep`` tokenises them once for all its runs).
     """
     seed_everything(seed)
     model, tokenizer = load_model(profile.chat_model, dtype=torch.float32)
@@ -242,7 +244,8 @@ def run_method(
     config = TrainConfig(
         steps=method.steps, lr=method.lr, batch_size=batch_size, grad_accum=grad_accum, seed=seed, progress=False
     )
-    examples = [chat_example(tokenizer, u, a) for u, a in bench.new_task_train]
+    if examples is None:
+        examples = [chat_example(tokenizer, u, a) for u, a in bench.new_task_train]
     clock = time.perf_counter()
     losses = train(model, examples, config, pad_id=tokenizer.pad_token_id, extra_loss=extra_loss)
     seconds = time.perf_counter() - clock
@@ -304,13 +307,20 @@ def sweep(
     model, tokenizer = load_model(profile.chat_model, dtype=torch.float32)
     before = take_snapshot(model, tokenizer, bench, 0, with_mc=False, max_new_tokens=profile.max_new_tokens)
     del model
+    examples = [chat_example(tokenizer, u, a) for u, a in bench.new_task_train]
     builders = penalty_builders or {}
     fisher = (
         ewc_fisher(profile, old_task_examples(profile, bench, plan.fisher_examples, seed), plan.fisher_batch_size)
         if plan.ewc_strengths
         else None
     )
-    common = {"seed": seed, "batch_size": plan.batch_size, "grad_accum": plan.grad_accum, "rank_fn": rank_fn}
+    common = {
+        "seed": seed,
+        "batch_size": plan.batch_size,
+        "grad_accum": plan.grad_accum,
+        "rank_fn": rank_fn,
+        "examples": examples,
+    }
     results: list[RunResult] = []
 
     def run(method: Method) -> None:
