@@ -17,6 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from posttrain.core import evaluate
 from posttrain.core.data import chat_prompt_ids
 from posttrain.core.evaluate import Item, choice_logprobs, generate, multiple_choice_correct, score_item
 from posttrain.core.forgetting import take_snapshot
@@ -86,7 +87,11 @@ def test_one_decode_per_distinct_prompt_matches_one_generate_per_skill(name, ben
     assert [[replies[item.prompt] for item in items] for items in groups] == per_skill  # byte-identical replies
 
 
-def test_batched_multiple_choice_handles_mixed_lengths_option_counts_and_a_qwen2_model(tiny_qwen2_dir):
+@pytest.mark.parametrize("logit_budget", [evaluate.MC_LOGIT_BUDGET, 1], ids=["batched", "one_item_per_batch"])
+def test_batched_multiple_choice_handles_mixed_lengths_option_counts_and_a_qwen2_model(
+    tiny_qwen2_dir, logit_budget, monkeypatch
+):
+    monkeypatch.setattr(evaluate, "MC_LOGIT_BUDGET", logit_budget)  # what a 151 936-word vocabulary does to a batch
     model, tokenizer = load_model(str(tiny_qwen2_dir), device="cpu")
     items = [
         Item("s", "hi there", "hello", ("hello", "hi !", "how are you today ?"), 0),

@@ -176,11 +176,23 @@ def per_group_correct(model, tokenizer, groups: Sequence[Sequence[Item]], max_ne
     return [[score_item(item, replies[item.prompt]) for item in items] for items in groups]
 
 
-def _forward_with_cache(model, input_ids: torch.Tensor, cache=None) -> tuple[torch.Tensor, object]:
-    """Logits of one forward pass continuing ``cache`` (None: a fresh one) and the grown KV cache. Transformers 5
-    renamed the cache argument and output from ``past_key_values`` to ``cache``; this takes whichever the model has."""
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    out = model(input_ids=input_ids, use_cache=True, **({name: cache} if cache is not None else {}))
+# Multiple choice holds at most this many logits at once (256 MiB in float32): a batch of Qwen2.5 items (a vocabulary
+# of 151 936) then fits a T4 beside the model, and the tiny world's (300) is never cut.
+MC_LOGIT_BUDGET = 2**26
+
+
+def _forward_with_cache(
+    model, input_ids: torch.Tensor, cache=None, last_only: bool = False
+) -> tuple[torch.Tensor, object]:
+    """Logits of one forward pass continuing ``cache`` (None: a fresh one) and the grown KV cache; ``last_only`` keeps
+    the last position's logits alone where the model can (``logits_to_keep``). Transformers 5 renamed the cache
+    argument and output from ``past_key_values`` to ``cache``; this takes whichever the model has."""
+    parameters = inspect.signature(model.forward).parameters
+    name = "cache" if "cache" in parameters else "past_key_values"
+    kwargs = {name: cache} if cache is not None else {}
+    if last_only and "logits_to_keep" in parameters:
+        kwargs["logits_to_keep"] = 1
+    out = model(input_ids=input_ids, use_cache=True, **kwargs)
     return out.logits, out[name]
 
 
@@ -192,7 +204,7 @@ def choice_logprobs(model, tokenizer, items: Sequence[Item], batch_size: int = 1
     their prompts (no padding) fills a KV cache whose last logits score every option's first token; then, for each
     option index, one pass over the options' remaining tokens (right-padded, so no real token sees a pad) continues
     from that cache, which is cropped back to the prompt after each pass. Single-token options (a fact's name, a
-    number) need no pass beyond the prompt's.
+    number) need no pass beyond the prompt's. A batch holds at most ``batch_size`` items and ``MC_LOGIT_BUDGET`` logits.
     """
     device = next(model.parameters()).device
     model.eval()
@@ -204,9 +216,12 @@ def choice_logprobs(model, tokenizer, items: Sequence[Item], batch_size: int = 1
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     scores: list[torch.Tensor] = [torch.empty(0)] * len(items)
     for (_, k), members in buckets.items():
-        for start in range(0, len(members), batch_size):
-            chunk = members[start : start + batch_size]
-            logits, cache = _forward_with_cache(model, torch.tensor([prompts[i] for i in chunk], device=device))
+        widest = max(len(option) for i in members for option in options[i])
+        size = max(1, min(batch_size, MC_LOGIT_BUDGET // (max(1, widest) * model.config.vocab_size)))
+        for start in range(0, len(members), size):
+            chunk = members[start : start + size]
+            prompt_ids = torch.tensor([prompts[i] for i in chunk], device=device)
+            logits, cache = _forward_with_cache(model, prompt_ids, last_only=True)
             first = torch.log_softmax(logits[:, -1].float(), dim=-1)
             totals = torch.zeros(len(chunk), k)
             for j in range(k):
