@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .evaluate import GENERATION_BATCH
+
 GB = 1e9
 
 
@@ -85,7 +87,7 @@ class LabBudget:
     lab: str
     runs: tuple[TrainingRun, ...]
     generated_tokens: int
-    generation_batch: int = 64
+    generation_batch: int = GENERATION_BATCH
 
 
 def activation_bytes_per_token(shape: ModelShape) -> int:

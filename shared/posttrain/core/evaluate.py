@@ -116,9 +116,14 @@ def greedy_config(model, tokenizer, max_new_tokens: int) -> GenerationConfig:
     return config
 
 
+# Prompts decoded together by ``generate``: on 2 CPU cores 128 is the fastest of 32-512 for a tiny-world snapshot, and
+# the colab budget (``core.budget.LabBudget``) counts the decoding steps of a T4 with it.
+GENERATION_BATCH = 128
+
+
 @torch.no_grad()
 def generate(
-    model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 16, batch_size: int = 128
+    model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 16, batch_size: int = GENERATION_BATCH
 ) -> list[Generation]:
     """Greedy-decode the assistant reply to each user prompt (chat template applied, left padding, ``greedy_config``).
 

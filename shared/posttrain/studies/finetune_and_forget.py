@@ -95,5 +95,5 @@ def colab_budget(plan: Plan = PLANS["colab"], n_eval: int = 100, max_new_tokens:
         "full fine-tuning", plan.steps, plan.batch_size, plan.grad_accum, GSM8K_LONG_TOKENS, GSM8K_MEAN_TOKENS
     )
     sweep = replace(run, label="learning-rate sweep (each run)", repeats=len(plan.sweep_lrs) - 1)
-    snapshots = len(plan.sweep_lrs) * (plan.steps // plan.snapshot_every + 1)
+    snapshots = len(plan.sweep_lrs) * (plan.steps // plan.snapshot_every) + 1  # the runs share the one at step 0
     return LabBudget("01_finetune_and_forget", (run, sweep), snapshots * 3 * n_eval * max_new_tokens)
