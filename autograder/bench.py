@@ -157,14 +157,18 @@ def run_speed_bench(out_dir: Path, train_steps: int = 12) -> dict:
     examples = [chat_example(tokenizer, u, a) for u, a in lab_benchmark("01").new_task_train]
     config = TrainConfig(steps=train_steps, lr=LAB01_MAIN_LR, batch_size=LAB01_BATCH, progress=False)
     step = training_flops(model, examples, config, pad_id=tokenizer.pad_token_id)
-    flops = step.pop("flops_per_s")
-    step |= {"step_s": round(step["step_s"], 4), "tokens_per_step": round(step["tokens_per_step"], 1)}
-    step |= {"gflops": round(flops / 1e9, 1), "share_of_gemm_peak": round(flops / peak, 3)}
-    step["what"] = f"tiny-chat on Lab 01's new task, batch {LAB01_BATCH}: median step of {train_steps - 1}, 6·N·D FLOPs"
+    what = f"tiny-chat on Lab 01's new task, batch {LAB01_BATCH}: median step of {train_steps - 1}, 6·N·D FLOPs"
     report = {
         "environment": run_environment(),
         "gemm_peak_gflops": round(peak / 1e9, 1),
-        "training_step": step,
+        "training_step": {
+            "step_s": round(step["step_s"], 4),
+            "parameters": step["parameters"],
+            "tokens_per_step": round(step["tokens_per_step"], 1),
+            "gflops": round(step["flops_per_s"] / 1e9, 1),
+            "share_of_gemm_peak": round(step["flops_per_s"] / peak, 3),
+            "what": what,
+        },
         "snapshot_per_lab": snapshots,
     }
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -389,13 +389,18 @@ def notebook_results(lab: str, results: dict) -> dict:
     return {"runs": runs, "notebook": results}
 
 
+def _known_lab(lab: str) -> None:
+    """Raise ``KeyError`` naming the labs with claims unless ``lab`` is one of them."""
+    if lab not in CLAIMS:
+        raise KeyError(f"no claims are defined for lab {lab!r}; choose one of {sorted(CLAIMS)}")
+
+
 def lab_benchmark(lab: str, seed: int = 0):
     """The ``ForgettingBenchmark`` that ``lab``'s solution notebook builds on the tiny profile for ``seed``."""
     from posttrain.core.profiles import resolve_profile
     from posttrain.world.benchmarks import forgetting_benchmark, tiny_forgetting_benchmark
 
-    if lab not in CLAIMS:
-        raise KeyError(f"no claims are defined for lab {lab!r}; choose one of {sorted(CLAIMS)}")
+    _known_lab(lab)
     if lab == "01":
         return tiny_forgetting_benchmark(n_per_skill=100)
     new_task = {"02": "new_facts", "03": "verbose_facts"}[lab]
@@ -429,7 +434,6 @@ def lab_results(lab: str, seed: int, work: Path) -> dict:
     its results JSON (``notebook_results``), every other seed runs ``package_results``."""
     if seed != 0:
         return package_results(lab, seed)
-    if lab not in CLAIMS:
-        raise KeyError(f"no claims are defined for lab {lab!r}; choose one of {sorted(CLAIMS)}")
+    _known_lab(lab)
     execute_solution(resolve_lab(REPO_ROOT, lab), work)
     return notebook_results(lab, json.loads((work / "results" / f"{lab}.json").read_text()))

@@ -51,6 +51,11 @@ def expected_scores(lab: Lab) -> dict[str, float]:
     return {"correct": 100, "blank": 0, "partial": PARTIAL_SCORES[lab.name]}
 
 
+def sample_class_scores(results: list[GradeResult]) -> dict[str, float | str]:
+    """Each submission's score, or its status when it was not graded: what ``expected_scores`` is compared with."""
+    return {r.student: r.score if r.status == GRADED else r.status for r in results}
+
+
 # The results each solution notebook writes (``results/0N.json``), relative to its working directory.
 RESULTS_FILES = "results/*.json"
 
@@ -147,9 +152,7 @@ def run_demo(repo: Path, work: Path) -> int:
         for name, text in correct.kept.items():
             print_summary(Path(name).name, json.loads(text))
         print(format_table(graded))
-        scores = {result.student: result.score for result in graded}
-        if scores != expected_scores(lab):
+        if sample_class_scores(graded) != expected_scores(lab):
             print(f"  expected {expected_scores(lab)}")
             exit_code = 1
-        exit_code |= any(result.status != GRADED for result in graded)
-    return int(exit_code)
+    return exit_code

@@ -49,7 +49,9 @@ class GradedSampleClass:
 
     def scores(self) -> dict[str, float | str]:
         """Each submission's score, or its status when it was not graded."""
-        return {s: r.score if r.status == "graded" else r.status for s, r in self.results.items()}
+        from autograder.demo import sample_class_scores
+
+        return sample_class_scores(list(self.results.values()))
 
     def notebook_results(self) -> dict:
         """The results JSON the solution notebook (submission ``correct``) wrote while it was graded."""

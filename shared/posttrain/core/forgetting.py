@@ -55,20 +55,29 @@ class Snapshot:
         return row | {f"mc:{s}": accuracy(c) for s, c in self.mc.items()}
 
 
+def generation_scores(
+    model, tokenizer, bench: ForgettingBenchmark, max_new_tokens: int = 16
+) -> tuple[list[bool], dict[str, list[bool]]]:
+    """Per-item correctness of the new task and of each old skill by generation, every distinct prompt decoded once
+    (``per_group_correct``)."""
+    new, *old = per_group_correct(model, tokenizer, [bench.new_task_eval, *bench.old_skills.values()], max_new_tokens)
+    return new, dict(zip(bench.old_skills, old, strict=True))
+
+
+def multiple_choice_scores(model, tokenizer, bench: ForgettingBenchmark) -> dict[str, list[bool]]:
+    """Per-item correctness of each multiple-choice skill, every item of every skill scored in shared batches."""
+    correct = iter(
+        multiple_choice_correct(model, tokenizer, [i for items in bench.multiple_choice.values() for i in items])
+    )
+    return {skill: [next(correct) for _ in items] for skill, items in bench.multiple_choice.items()}
+
+
 def take_snapshot(
     model, tokenizer, bench: ForgettingBenchmark, step: int = 0, with_mc: bool = True, max_new_tokens: int = 16
 ) -> Snapshot:
-    """Score ``model`` on every item of ``bench`` (multiple choice only if ``with_mc``): every distinct prompt is
-    decoded once (``per_group_correct``) and every multiple-choice item scored in shared batches."""
-    new, *old = per_group_correct(model, tokenizer, [bench.new_task_eval, *bench.old_skills.values()], max_new_tokens)
-    mc = {}
-    if with_mc:
-        correct = iter(
-            multiple_choice_correct(model, tokenizer, [i for items in bench.multiple_choice.values() for i in items])
-        )
-        mc = {skill: [next(correct) for _ in items] for skill, items in bench.multiple_choice.items()}
-    old = dict(zip(bench.old_skills, old, strict=True))
-    return Snapshot(step, new, old, mc)
+    """Score ``model`` on every item of ``bench`` (multiple choice only if ``with_mc``)."""
+    new, old = generation_scores(model, tokenizer, bench, max_new_tokens)
+    return Snapshot(step, new, old, multiple_choice_scores(model, tokenizer, bench) if with_mc else {})
 
 
 def sample_wise_table(before: Snapshot, after: Snapshot, k: int) -> dict[str, dict[str, float]]:

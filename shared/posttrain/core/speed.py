@@ -16,8 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from .data import Example
-from .evaluate import multiple_choice_correct, per_group_correct
-from .forgetting import ForgettingBenchmark
+from .forgetting import ForgettingBenchmark, generation_scores, multiple_choice_scores
 from .train import TrainConfig, train
 
 
@@ -52,22 +51,21 @@ def training_flops(model: torch.nn.Module, examples: Sequence[Example], config: 
 
 
 def snapshot_seconds(model, tokenizer, bench: ForgettingBenchmark, repeats: int = 3, max_new_tokens: int = 16) -> dict:
-    """The median seconds of one ``take_snapshot`` of ``bench``'s items, its generation (new task and old skills) and
-    its multiple choice apart, over ``repeats`` runs; with the item counts."""
-    groups = [bench.new_task_eval, *bench.old_skills.values()]
-    choice_items = [item for items in bench.multiple_choice.values() for item in items]
+    """The median seconds of one ``take_snapshot`` of ``bench``'s items, its generation (``generation_scores``) and
+    its multiple choice (``multiple_choice_scores``) apart, over ``repeats`` runs; with the item counts."""
     generation, choice = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        per_group_correct(model, tokenizer, groups, max_new_tokens)
+        generation_scores(model, tokenizer, bench, max_new_tokens)
         middle = time.perf_counter()
-        multiple_choice_correct(model, tokenizer, choice_items)
+        multiple_choice_scores(model, tokenizer, bench)
         generation.append(middle - start)
         choice.append(time.perf_counter() - middle)
+    generated = [bench.new_task_eval, *bench.old_skills.values()]
     return {
-        "generated_items": sum(map(len, groups)),
-        "distinct_prompts": len({item.prompt for items in groups for item in items}),
-        "multiple_choice_items": len(choice_items),
+        "generated_items": sum(map(len, generated)),
+        "distinct_prompts": len({item.prompt for items in generated for item in items}),
+        "multiple_choice_items": sum(map(len, bench.multiple_choice.values())),
         "generation_s": round(statistics.median(generation), 3),
         "multiple_choice_s": round(statistics.median(choice), 3),
         "snapshot_s": round(statistics.median(g + c for g, c in zip(generation, choice, strict=True)), 3),
