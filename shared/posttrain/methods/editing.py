@@ -110,10 +110,6 @@ def add_to_projection(projection: torch.nn.Module, delta: torch.Tensor) -> None:
     projection.weight += delta.T if isinstance(projection, Conv1D) else delta
 
 
-def _first(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
 @contextmanager
 def hooked(module: torch.nn.Module, edit: Callable[[torch.Tensor], torch.Tensor], on: str = "output") -> Iterator[None]:
     """Within the block, replace ``module``'s output (``on="output"``; a tuple's first element) or its first input
