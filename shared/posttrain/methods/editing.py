@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -228,18 +228,11 @@ def record_states(model, input_ids: torch.Tensor, kind: str) -> list[torch.Tenso
         states.append(hidden.detach().clone())
         return hidden
 
-    with _all_hooked([state_module(model, kind, layer) for layer in range(n_layers)], keep):
+    with ExitStack() as stack:
+        for layer in range(n_layers):
+            stack.enter_context(hooked(state_module(model, kind, layer), keep))
         model(input_ids=input_ids)
     return states
-
-
-@contextmanager
-def _all_hooked(modules: Sequence[torch.nn.Module], edit, on: str = "output") -> Iterator[None]:
-    if not modules:
-        yield
-        return
-    with hooked(modules[0], edit, on), _all_hooked(modules[1:], edit, on):
-        yield
 
 
 def embedding_std(model, token_ids: Sequence[int]) -> float:
@@ -288,19 +281,9 @@ def restored(
 
         return restore
 
-    with _restoring(model, kind, list(layers), restorer):
-        yield
-
-
-@contextmanager
-def _restoring(model, kind: str, layers: list[int], restorer) -> Iterator[None]:
-    if not layers:
-        yield
-        return
-    with (
-        hooked(state_module(model, kind, layers[0]), restorer(layers[0])),
-        _restoring(model, kind, layers[1:], restorer),
-    ):
+    with ExitStack() as stack:
+        for layer in layers:
+            stack.enter_context(hooked(state_module(model, kind, layer), restorer(layer)))
         yield
 
 
@@ -501,6 +484,21 @@ def projection_output(projection: torch.nn.Module, key: torch.Tensor) -> torch.T
     return value + bias if bias is not None else value
 
 
+@contextmanager
+def _training_only(model, parameters: Sequence[torch.nn.Parameter]) -> Iterator[None]:
+    """Within the block only ``parameters`` of ``model`` take gradients; every flag is given back afterwards."""
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in parameters:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+
+
 def rome_value(
     model, tokenizer, request: EditRequest, key: torch.Tensor, config: RomeConfig, prefixes: Sequence[str]
 ) -> torch.Tensor:
@@ -538,13 +536,10 @@ def rome_value(
         output[rows, lookups] = output[rows, lookups] + delta.to(output)
         return output
 
-    requires_grad = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
     optimizer = torch.optim.Adam([delta], lr=config.lr)
     kl_init = None
     max_norm = config.clamp_norm * value_init.norm()
-    try:
+    with _training_only(model, []):
         for _ in range(config.steps):
             with hooked(parts.mlps[layer], add_delta):
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()
@@ -563,9 +558,6 @@ def rome_value(
             with torch.no_grad():
                 if delta.norm() > max_norm:
                     delta *= max_norm / delta.norm()
-    finally:
-        for p, flag in zip(model.parameters(), requires_grad, strict=True):
-            p.requires_grad_(flag)
     return (value_init + delta).detach()
 
 
@@ -638,24 +630,15 @@ def finetune_layer_edit(
     ``RomeEdit`` (key and value empty) so that ``undo_edit`` reverts it."""
     projection = anatomy(model).projections[check_layer(model, layer)]
     original = projection.weight.detach().clone()
-    requires_grad = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    projection.weight.requires_grad_(True)
     optimizer = torch.optim.Adam([projection.weight], lr=lr)
-    try:
+    with _training_only(model, [projection.weight]):
         for _ in range(steps):
             loss = -target_logprobs(model, tokenizer, [request.text], [request.target_new])[0]
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             with torch.no_grad():
-                projection.weight.copy_(
-                    torch.maximum(torch.minimum(projection.weight, original + linf), original - linf)
-                )
-    finally:
-        for p, flag in zip(model.parameters(), requires_grad, strict=True):
-            p.requires_grad_(flag)
+                projection.weight.copy_(torch.clamp(projection.weight, original - linf, original + linf))
     change = (projection.weight.detach() - original).float()
     delta = change.T if isinstance(projection, Conv1D) else change
     return RomeEdit(layer, torch.zeros(0), torch.zeros(0), delta)
