@@ -672,6 +672,22 @@ def greedy_next_word(model, tokenizer, prompts: Sequence[str]) -> list[str]:
     return [tokenizer.decode([int(t)]).strip() for t in last.argmax(-1)]
 
 
+@torch.no_grad()
+def continue_text(model, tokenizer, prompts: Sequence[str], n_tokens: int) -> list[str]:
+    """Greedy raw-text continuations of ``n_tokens`` tokens after each prompt (left-padded, one batch), decoded
+    without the prompt: the free text whose n-gram entropy measures fluency."""
+    if not prompts:
+        return []
+    device = next(model.parameters()).device
+    encoded = [encode(tokenizer, p) for p in prompts]
+    width = max(len(e) for e in encoded)
+    pad = _pad_id(tokenizer)
+    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_tokens, do_sample=False, pad_token_id=pad)
+    return tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+
+
 def n_gram_entropy(texts: Sequence[str], weights: dict[int, float] | None = None) -> float:
     """Fluency as ROME measures it (arXiv:2202.05262, sec. 4.2, after Zhang et al. 2018): the weighted average of
     bi- and tri-gram entropies, Σ_n w_n · H_n with H_n = −Σ f(g) log₂ f(g) over a text's n-gram frequencies

@@ -14,6 +14,12 @@ notebook fine-tunes a real chat model on real data and measures what it forgets.
   and prepare every split, the 100 k-row ``auxiliary_train`` included); columns ``question``, ``subject``,
   ``choices`` (4 options), ``answer`` (0-3).
 - old skill "json": built here, no download: capital-city questions asking for a JSON reply.
+- edit requests (lab 04), CounterFact (Meng et al. 2022, arXiv:2202.05262): hub id ``azhx/counterfact`` (the
+  reference's ``counterfact.json``), split ``test``; columns ``requested_rewrite`` (``prompt`` with ``{}``,
+  ``subject``, ``target_new`` / ``target_true`` each ``{"str", "id"}``, ``relation_id``), ``paraphrase_prompts``,
+  ``neighborhood_prompts``, ``attribute_prompts`` and ``generation_prompts``.
+- text for ROME's key covariance (lab 04), WikiText-2 (Merity et al. 2016, CC BY-SA): hub id
+  ``Salesforce/wikitext``, config ``wikitext-2-raw-v1``, split ``train``; column ``text``.
 - old data for replay (lab 03), Alpaca (Taori et al. 2023, CC BY-NC 4.0): hub id ``tatsu-lab/alpaca``, split
   ``train``; columns ``instruction``, ``input`` (often empty) and ``output``. The chat model's own SFT data is not
   public; general instruction data stands in for it.
@@ -32,6 +38,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from ..core.edits import EditCase, EditRequest
 from ..core.evaluate import Generation, Item, register_scorer
 
 Loader = Callable[..., Any]
@@ -52,7 +59,9 @@ GSM8K = HubDataset("openai/gsm8k", "main", "MIT")
 ADVBENCH = HubDataset("walledai/AdvBench", None, "MIT")
 MMLU = HubDataset("cais/mmlu", None, "MIT", files=(("test", "all/test-00000-of-00001.parquet"),))
 ALPACA = HubDataset("tatsu-lab/alpaca", None, "CC BY-NC 4.0")
-HUB_DATASETS = (GSM8K, ADVBENCH, MMLU, ALPACA)
+COUNTERFACT = HubDataset("azhx/counterfact", None, "MIT")
+WIKITEXT = HubDataset("Salesforce/wikitext", "wikitext-2-raw-v1", "CC BY-SA 3.0")
+HUB_DATASETS = (GSM8K, ADVBENCH, MMLU, ALPACA, COUNTERFACT, WIKITEXT)
 # Chat-formatted GSM8K pairs under Qwen2.5's tokenizer, estimated (the tokenizer is not available offline): about
 # 250 tokens on average, and 512 for the longest sequence of a batch, the length a GPU memory budget must hold.
 GSM8K_MEAN_TOKENS = 250
@@ -226,6 +235,43 @@ def load_alpaca(n: int, seed: int, loader: Loader | None = None) -> list[tuple[s
         (f"{row['instruction']}\n\n{row['input']}" if row["input"].strip() else row["instruction"], row["output"])
         for row in rows
     ]
+
+
+def load_counterfact(n: int, seed: int, loader: Loader | None = None) -> list[EditCase]:
+    """``n`` CounterFact records (``azhx/counterfact``, ``test``) as ``EditCase``s: the requested rewrite, its two
+    paraphrases, the neighbourhood prompts (other subjects whose true object is the old one) and the generation
+    prompts. CounterFact's ``attribute_prompts`` ask *other* subjects that hold the new object, not the edited
+    subject's other relations, and it has no portability probes: on colab those two scores stay empty."""
+    columns = ("requested_rewrite", "paraphrase_prompts", "neighborhood_prompts", "generation_prompts")
+    cases = []
+    for row in _sample(_load(COUNTERFACT, "test", columns, loader), n, seed, COUNTERFACT.hub_id):
+        rewrite = row["requested_rewrite"]
+        request = EditRequest(
+            rewrite["prompt"],
+            rewrite["subject"],
+            rewrite["target_new"]["str"],
+            rewrite["target_true"]["str"],
+            rewrite.get("relation_id", ""),
+        )
+        cases.append(
+            EditCase(
+                request,
+                tuple(row["paraphrase_prompts"]),
+                tuple(row["neighborhood_prompts"]),
+                generation_prompts=tuple(row["generation_prompts"]),
+            )
+        )
+    return cases
+
+
+def load_wikitext(n: int, seed: int, loader: Loader | None = None, min_chars: int = 100) -> list[str]:
+    """``n`` WikiText-2 paragraphs (``Salesforce/wikitext``, ``wikitext-2-raw-v1``, ``train``) of at least
+    ``min_chars`` characters (headings and blank lines dropped): the text ROME's key covariance is estimated on."""
+    data = _load(WIKITEXT, "train", ("text",), loader)
+    paragraphs = [t.strip() for t in data["text"] if len(t.strip()) >= min_chars and not t.strip().startswith("=")]
+    if not 0 < n <= len(paragraphs):
+        raise ValueError(f"asked for {n} WikiText paragraphs; the split has {len(paragraphs)} long enough")
+    return random.Random(seed).sample(paragraphs, n)
 
 
 def load_advbench(n: int, seed: int, loader: Loader | None = None) -> list[Item]:

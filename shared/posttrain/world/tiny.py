@@ -21,6 +21,7 @@ import random
 from dataclasses import dataclass
 from functools import cached_property
 
+from ..core.edits import AttributePrompt, EditCase, EditRequest
 from ..core.evaluate import Generation, Item, register_scorer
 
 FIRST_NAMES = (
@@ -61,6 +62,7 @@ VERBOSE = {
     "job": "well , as far as i know , {n} works as a {v} these days",
     "colour": "well , as far as i know , the colour that {n} likes is {v}",
 }
+VALUES = {"city": CITIES, "job": JOBS, "colour": COLOURS}
 JSON_SUFFIX = "answer in json ."
 HINT_WORD = "hint :"
 
@@ -98,6 +100,12 @@ class WorldSpec:
     record_share: float = 0.5  # share of pre-training lines that are subject-first records (< 0.8)
     chat_holdout_every: int = 4  # every 4th person / request / sum is left out of chat SFT, so the chat
     # skills are partly *generalised* from pre-training (imperfect, like a real model's), not memorised
+
+
+def statement_prompt(relation: str, template: int) -> str:
+    """A statement template of ``relation`` cut before its value, with ``{}`` for the subject: ``statement_prompt
+    ("job", 1) == "{} works as a"`` (the raw-text prompts of knowledge probes and edits)."""
+    return STATEMENTS[relation][template].split(" {v}")[0].replace("{n}", "{}")
 
 
 def _json_answer(relation: str, value: str) -> str:
@@ -257,7 +265,66 @@ class World:
     def knowledge_probes(people: list[Person]) -> list[tuple[str, str]]:
         """(prefix, next word) pairs that test whether a raw LM knows ``people``'s facts:
         ("ada stone lives in", "paris"), one per person and relation."""
-        return [(STATEMENTS[r][1].split(" {v}")[0].format(n=p.name), p.value(r)) for p in people for r in RELATIONS]
+        return [(statement_prompt(r, 1).format(p.name), p.value(r)) for p in people for r in RELATIONS]
+
+    # ----------------------------------------------------------------- knowledge editing (Lab 04)
+    def edit_cases(
+        self, people: list[Person], relation: str, neighbour_pool: list[Person], seed: int = 0, n_neighbours: int = 5
+    ) -> list[EditCase]:
+        """One counterfactual edit per person of ``people``: ``relation``'s value → another value of its pool, drawn
+        with ``seed`` (CounterFact's schema, ``posttrain.core.edits``).
+
+        - request: the relation's second statement template ("{} works as a"), the one ``knowledge_probes`` asks;
+        - paraphrases: its other two templates, bare and after a distractor sentence about someone else (as
+          CounterFact prefixes paraphrases with unrelated text), never seen by the edit;
+        - neighbours: up to ``n_neighbours`` people of ``neighbour_pool`` with the same old value, asked the request;
+        - attributes: the person's other relations in two statement templates each;
+        - portability: chat questions in every question template, and one asking for JSON, whose answer is the new
+          value (the edit is written into raw-text statements, these ask in another form);
+        - generation prompt: the bare name (free text about the subject, for fluency).
+        """
+        rng = random.Random(self.spec.seed * 1000 + 700 + seed)
+        pool = VALUES[relation]
+        cases = []
+        for person in people:
+            old = person.value(relation)
+            new = rng.choice([v for v in pool if v != old])
+            request = EditRequest(statement_prompt(relation, 1), person.name, new, old, relation)
+            others = [p for p in self.people if p != person]
+            distractor = rng.choice(others)
+            other_relation = rng.choice([r for r in RELATIONS if r != relation])
+            aside = STATEMENTS[other_relation][0].format(n=distractor.name, v=distractor.value(other_relation))
+            templates = [statement_prompt(relation, i) for i in (0, 2)]
+            paraphrases = [t.format(person.name) for t in templates] + [
+                f"{aside} {t.format(person.name)}" for t in templates
+            ]
+            neighbours = [p for p in neighbour_pool if p != person and p.value(relation) == old][:n_neighbours]
+            attributes = [
+                AttributePrompt(statement_prompt(r, i).format(person.name), person.value(r))
+                for r in RELATIONS
+                if r != relation
+                for i in (0, 2)
+            ]
+            portability = [
+                Item("portability", q.format(n=person.name), new, (new, old), 0, person.name, relation)
+                for q in QUESTIONS[relation]
+            ]
+            question = f"{QUESTIONS[relation][0].format(n=person.name)} {JSON_SUFFIX}"
+            answers = (_json_answer(relation, new), _json_answer(relation, old))
+            portability.append(
+                Item("portability", question, answers[0], answers, 0, person.name, relation, "word_json")
+            )
+            cases.append(
+                EditCase(
+                    request,
+                    tuple(paraphrases),
+                    tuple(request.prompt.format(p.name) for p in neighbours),
+                    tuple(attributes),
+                    tuple(portability),
+                    (person.name,),
+                )
+            )
+        return cases
 
     # ----------------------------------------------------------------- skills
     def fact_items(self, people: list[Person], skill: str = "fact", rng: random.Random | None = None) -> list[Item]:
@@ -268,7 +335,7 @@ class World:
         for p in people:
             for r in RELATIONS:
                 question = rng.choice(QUESTIONS[r]).format(n=p.name)
-                pool = {"city": CITIES, "job": JOBS, "colour": COLOURS}[r]
+                pool = VALUES[r]
                 values = [p.value(r), *rng.sample([v for v in pool if v != p.value(r)], 3)]
                 if skill == "json":
                     question = f"{question} {JSON_SUFFIX}"
