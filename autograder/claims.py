@@ -356,7 +356,104 @@ LAB03 = [
     ),
 ]
 
-CLAIMS: dict[str, list[Claim]] = {"01": LAB01, "02": LAB02, "03": LAB03}
+
+# --- Lab 04: causal tracing and ROME (results: posttrain.studies.causal_tracing_and_rome.summarize) ----------------
+
+
+def _lab04_editor(results: dict, editor: str) -> dict:
+    return results["editors"][editor]
+
+
+def _lab04_site(results: dict) -> dict:
+    return results["sites"][results["plan"]["relation"]]
+
+
+def _lab04_ftl_damage(results: dict) -> float:
+    rome, ftl = _lab04_editor(results, "ROME"), _lab04_editor(results, "FT-L")
+    return max(ftl["neighbourhood_drop"] - rome["neighbourhood_drop"], rome["attributes_kept"] - ftl["attributes_kept"])
+
+
+def _lab04_curve(results: dict, key: str) -> list[float]:
+    return [row[key] for row in results["sequential"] if row[key] is not None]
+
+
+LAB04 = [
+    Claim(
+        "04",
+        "early_site_at_subject",
+        "for the edited relation, the largest early-layer MLP effect sits at the subject's last token (margin: it minus "
+        "the largest early-layer effect at any other token)",
+        lambda r: _lab04_site(r)["subject_last"] - _lab04_site(r)["best_elsewhere"],
+        strict=True,
+    ),
+    Claim(
+        "04",
+        "city_is_recalled_late",
+        "city facts have no early subject site: their early MLP effect is larger at the final token",
+        lambda r: r["sites"]["city"]["final_token"] - r["sites"]["city"]["subject_last"],
+        strict=True,
+    ),
+    Claim(
+        "04",
+        "rome_efficacy",
+        "ROME's efficacy over the 20 edits is >= 95 %",
+        lambda r: _lab04_editor(r, "ROME")["efficacy"] - 0.95,
+    ),
+    Claim(
+        "04",
+        "rome_paraphrase",
+        "ROME's paraphrase success is >= 70 %",
+        lambda r: _lab04_editor(r, "ROME")["paraphrase"] - 0.7,
+    ),
+    Claim(
+        "04",
+        "rome_neighbourhood",
+        "ROME costs the neighbourhood <= 5 points",
+        lambda r: 0.05 - _lab04_editor(r, "ROME")["neighbourhood_drop"],
+    ),
+    Claim(
+        "04",
+        "rome_keeps_attributes",
+        "the edited subjects keep >= 80 % of their other attributes under ROME",
+        lambda r: _lab04_editor(r, "ROME")["attributes_kept"] - 0.8,
+    ),
+    Claim(
+        "04",
+        "ftl_damages_more",
+        "FT-L's neighbourhood drop or other-attribute loss is larger than ROME's",
+        _lab04_ftl_damage,
+        strict=True,
+    ),
+    Claim(
+        "04",
+        "sequential_reaches_64",
+        "the sequential-editing curve is measured to >= 64 edits",
+        lambda r: r["sequential"][-1]["edits"] - 64,
+    ),
+    Claim(
+        "04",
+        "sequential_old_skills_fall",
+        "the old skills after the last sequential edit are below those after the first",
+        lambda r: r["sequential"][1]["old_skill_mean"] - r["sequential"][-1]["old_skill_mean"],
+        strict=True,
+    ),
+    Claim(
+        "04",
+        "sequential_neighbourhood_falls",
+        "the neighbourhood after the last sequential edit is below that after the first",
+        lambda r: r["sequential"][1]["neighbourhood"] - r["sequential"][-1]["neighbourhood"],
+        strict=True,
+    ),
+    Claim(
+        "04",
+        "sequential_edits_wear_away",
+        "the earlier edits' retention after the last sequential edit is below its best along the curve",
+        lambda r: max(_lab04_curve(r, "retention")) - _lab04_curve(r, "retention")[-1],
+        strict=True,
+    ),
+]
+
+CLAIMS: dict[str, list[Claim]] = {"01": LAB01, "02": LAB02, "03": LAB03, "04": LAB04}
 
 
 def claim(lab: str, name: str) -> Claim:
@@ -403,7 +500,7 @@ def lab_benchmark(lab: str, seed: int = 0):
     _known_lab(lab)
     if lab == "01":
         return tiny_forgetting_benchmark(n_per_skill=100)
-    new_task = {"02": "new_facts", "03": "verbose_facts"}[lab]
+    new_task = {"02": "new_facts", "03": "verbose_facts", "04": "multiplication"}[lab]
     return forgetting_benchmark(resolve_profile("tiny"), n_per_skill=40, seed=seed, new_task=new_task)
 
 
@@ -412,6 +509,11 @@ def package_results(lab: str, seed: int) -> dict:
     seeds 1 and 2 are). Lab 01's are ``{"runs": learning_rate_sweep(...)}``."""
     from posttrain.core.profiles import resolve_profile
 
+    _known_lab(lab)
+    if lab == "04":
+        from posttrain.studies.causal_tracing_and_rome import PLANS, run
+
+        return run(resolve_profile("tiny"), PLANS["tiny"], seed)
     bench = lab_benchmark(lab, seed)
     if lab == "01":
         from posttrain.studies.finetune_and_forget import learning_rate_sweep

@@ -121,6 +121,36 @@ def chatml_tokenizer():
     return tokenizer
 
 
+@pytest.fixture
+def tiny_gpt2_dir(tmp_path) -> Path:
+    """A folder holding a tiny random GPT-2 (3 layers, Conv1D projections) and a byte-level BPE tokenizer with
+    GPT-2's one special token as beginning and end of text: GPT-2 XL in miniature, for Lab 04's colab path."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(["The Space Needle is located in the city of Seattle ."] * 4, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
+    import torch
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=3, n_head=4, n_positions=256)
+    config.bos_token_id = config.eos_token_id = tokenizer.eos_token_id
+    GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    return tmp_path
+
+
 HUB_FIXTURES = Path(__file__).parent / "fixtures" / "hub"
 # (hub id, config, split, data_files) of each request the colab code makes -> the local fixture that answers it.
 # MMLU is read from its test file alone: a request for its whole `all` config is not served.
@@ -130,6 +160,8 @@ HUB_FILES = {
     ("walledai/AdvBench", None, "train", None): "advbench_train.jsonl",
     ("cais/mmlu", None, "test", (("test", "all/test-00000-of-00001.parquet"),)): "mmlu_all_test.jsonl",
     ("tatsu-lab/alpaca", None, "train", None): "alpaca_train.jsonl",
+    ("azhx/counterfact", None, "test", None): "counterfact_test.jsonl",
+    ("Salesforce/wikitext", "wikitext-2-raw-v1", "train", None): "wikitext_2_train.jsonl",
 }
 
 

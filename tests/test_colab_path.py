@@ -1,10 +1,12 @@
-"""Lab 01's colab code path, offline: a tiny random Qwen2 with a ChatML tokenizer stands in for
-Qwen2.5-0.5B-Instruct and local fixtures in the real schemas stand in for GSM8K, AdvBench and MMLU.
-Everything else (loading, chat template, masking, training, generation, scoring, multiple choice and the
-sample-wise table) is the code the notebook runs on a Colab GPU."""
+"""The colab code paths, offline. Lab 01: a tiny random Qwen2 with a ChatML tokenizer stands in for
+Qwen2.5-0.5B-Instruct and local fixtures in the real schemas stand in for GSM8K, AdvBench and MMLU; everything else
+(loading, chat template, masking, training, generation, scoring, multiple choice and the sample-wise table) is the
+code the notebook runs on a Colab GPU. Lab 04: a tiny random GPT-2 with a byte-level BPE tokenizer stands in for
+GPT-2 XL, fixtures in CounterFact's and WikiText's schemas for the hub data."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from posttrain.core.forgetting import sample_wise_table
@@ -33,3 +35,58 @@ def test_lab01_machinery_runs_on_the_colab_code_path(tiny_qwen2_dir, hub_loader)
     for row in table.values():
         assert 0.0 <= row["forgetting"] <= 1.0 and 0.0 <= row["backward_transfer"] <= 1.0
     assert table["mc:mmlu"]["forgetting_adjusted"] is not None
+
+
+def test_lab04_runs_on_the_colab_code_path(tiny_gpt2_dir, hub_loader):
+    """GPT-2 XL's path in miniature: CounterFact records and WikiText from the fixtures, the Space Needle traced by
+    token role, ROME / FT-L / IKE on a Conv1D model and the sequential curve without the tiny world's chat skills."""
+    import dataclasses
+
+    from posttrain.methods.editing import TOKEN_ROLES, RomeConfig
+    from posttrain.studies import causal_tracing_and_rome as study
+
+    plan = dataclasses.replace(
+        study.PLANS["colab"],
+        model=str(tiny_gpt2_dir),
+        rome=RomeConfig(layer=1, steps=3),
+        ftl_steps=2,
+        n_edits=2,
+        n_sequential=2,
+        n_trace_prompts=2,
+        trace_window=2,
+        trace_min_drop=-1.0,  # a random model barely reacts to the noise: keep every traced prompt
+        n_prefixes=2,
+        prefix_length=3,
+        covariance_texts=4,
+        fluency_tokens=4,
+    )
+    results = study.run(PROFILES["colab"], plan, seed=0, loader=hub_loader)
+    trace = results["traces"]["counterfact"]
+    assert trace["tokens"] == list(TOKEN_ROLES) and trace["n_prompts"] == 3  # the Space Needle and two records
+    assert len(trace["mlp"]) == 3 and len(trace["mlp"][0]) == len(TOKEN_ROLES)
+    assert set(results["editors"]) == {"ROME", "FT-L", "IKE"}
+    rome = results["editors"]["ROME"]
+    assert rome["portability"] is None and rome["attributes_before"] is None  # CounterFact has neither
+    assert 0.0 <= rome["efficacy"] <= 1.0 and 0.0 <= rome["neighbourhood_after"] <= 1.0
+    assert [row["edits"] for row in results["sequential"]] == [0, 1, 2]
+    assert "old_skills" not in results["sequential"][-1]
+
+
+def test_counterfact_records_become_edit_cases(hub_loader):
+    from posttrain.world.hub import load_counterfact, load_wikitext
+
+    cases = load_counterfact(6, seed=0, loader=hub_loader)
+    needle = next(c for c in cases if c.request.subject == "The Space Needle")
+    assert needle.request.text == "The Space Needle is located in the city of"
+    assert (needle.request.target_new, needle.request.target_true, needle.request.relation) == (
+        "Paris",
+        "Seattle",
+        "P131",
+    )
+    assert len(needle.paraphrases) == 2 and len(needle.neighbours) == 2 and needle.generation_prompts
+    assert needle.attributes == () and needle.portability == ()
+    assert load_counterfact(3, seed=1, loader=hub_loader) == load_counterfact(3, seed=1, loader=hub_loader)
+    texts = load_wikitext(4, seed=0, loader=hub_loader)
+    assert len(texts) == 4 and all(len(t) >= 100 and not t.startswith("=") for t in texts)
+    with pytest.raises(ValueError, match="WikiText paragraphs"):
+        load_wikitext(50, seed=0, loader=hub_loader)

@@ -155,3 +155,60 @@ def drift_against_overlap(separations: list[float], drift: list[float], overlap:
     fig.tight_layout()
     plt.show()
     return fig
+
+
+def trace_heatmaps(traces: dict[str, dict], panels: list[tuple[str, str]], title: str) -> plt.Figure:
+    """Lab 04: average causal traces (Meng et al. 2022, fig. 1) as heat maps, one panel per (relation, state kind)
+    of ``panels``: the normalised indirect effect of restoring that state at each (token, layer), the subject's last
+    token marked."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    for ax, (relation, kind) in zip(axes[0], panels, strict=True):
+        trace = traces[relation]
+        effects = np.array(trace[kind])
+        image = ax.imshow(effects, aspect="auto", origin="lower", cmap="Purples", vmin=0, vmax=max(1e-6, effects.max()))
+        ax.set_xticks(range(len(trace["tokens"])), trace["tokens"], rotation=60, ha="right", fontsize=7)
+        ax.axvline(trace["subject_last"], color="red", lw=0.8, ls=":")
+        ax.set_xlabel("token (red: the subject's last)")
+        ax.set_ylabel("layer")
+        ax.set_title(f"{relation}: restore {kind} ({trace[f'{kind}_used']} prompts)", fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    plt.show()
+    return fig
+
+
+def editor_bars(editors: dict[str, dict], scores: list[str], title: str) -> plt.Figure:
+    """Lab 04: one group of bars per CounterFact score (``scores``: keys of each editor's row), one bar per editor."""
+    xs = np.arange(len(scores))
+    width = 0.8 / len(editors)
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(scores)), 3.4))
+    for i, (name, row) in enumerate(editors.items()):
+        values = [row[s] if row[s] is not None else 0.0 for s in scores]
+        ax.bar(xs + (i - (len(editors) - 1) / 2) * width, values, width=width, label=name)
+    ax.set_xticks(xs, [s.replace("_", " ") for s in scores], rotation=25, ha="right")
+    ax.set_ylabel("share of prompts")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+    return fig
+
+
+def sequential_curves(curve: list[dict], keys: list[str], title: str) -> plt.Figure:
+    """Lab 04: each of ``keys`` (retention of the edits so far, neighbourhood, unedited facts, old skills) against
+    the number of sequential edits, on a log₂ axis (0 edits plotted at 0.5)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for key in keys:
+        points = [(max(row["edits"], 0.5), row[key]) for row in curve if row.get(key) is not None]
+        ax.plot(*zip(*points, strict=True), marker="o", label=key.replace("_", " "))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("number of sequential ROME edits (0 at the left edge)")
+    ax.set_ylabel("share right")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+    return fig

@@ -342,6 +342,45 @@ def causal_trace(
     return Trace(effects, p_clean, p_corrupt)
 
 
+# The paper's token roles for averaging traces over prompts of different lengths (arXiv:2202.05262, fig. 2).
+TOKEN_ROLES = (
+    "first subject token",
+    "middle subject tokens",
+    "last subject token",
+    "first subsequent token",
+    "further tokens",
+    "last token",
+)
+
+
+def token_roles(length: int, subject_positions: Sequence[int]) -> list[int | None]:
+    """The ``TOKEN_ROLES`` index of each of ``length`` positions (None before the subject); the last token takes its
+    own role even where it is also the first subsequent token."""
+    first, last = subject_positions[0], subject_positions[-1]
+    roles: list[int | None] = []
+    for position in range(length):
+        if position < first:
+            roles.append(None)
+        elif position == length - 1 and position > last:
+            roles.append(5)
+        elif position <= last:
+            roles.append(0 if position == first else 2 if position == last else 1)
+        else:
+            roles.append(3 if position == last + 1 else 4)
+    return roles
+
+
+def by_role(effects: torch.Tensor, subject_positions: Sequence[int]) -> torch.Tensor:
+    """A trace's effects (n_layers, T) averaged within each token role: (n_layers, 6), NaN where a role is empty
+    (a one-token subject has no middle tokens)."""
+    roles = token_roles(effects.shape[1], subject_positions)
+    columns = []
+    for role in range(len(TOKEN_ROLES)):
+        picked = [i for i, r in enumerate(roles) if r == role]
+        columns.append(effects[:, picked].mean(1) if picked else torch.full((effects.shape[0],), float("nan")))
+    return torch.stack(columns, dim=1)
+
+
 @torch.no_grad()
 def average_trace(
     model,
@@ -352,24 +391,26 @@ def average_trace(
     min_drop: float = 0.5,
     noise_scale: float = 3.0,
     seed: int = 0,
+    roles: bool = False,
 ) -> tuple[torch.Tensor, int]:
-    """Average causal trace over prompts of one template: ``(prompt, answer, subject)`` triples, e.g.
-    ``("ada stone works as a", "baker", "ada stone")``, every prompt with the same number of tokens.
+    """Average causal trace over ``(prompt, answer, subject)`` triples, e.g. ``("ada stone works as a", "baker",
+    "ada stone")``: token by token when every prompt has the same template (same length), or by ``TOKEN_ROLES``
+    (``roles=True``, the paper's average over CounterFact's varied prompts).
 
     The noise unit is the standard deviation of all the prompts' subject-token embeddings (the reference code's
     choice). Each prompt's effects are divided by its drop p − p*; prompts whose corruption removes less than
     ``min_drop`` of the answer's probability are skipped (nothing to restore). Returns (mean normalised effects of
-    shape (n_layers, T), number of prompts used).
+    shape (n_layers, T) or (n_layers, 6), number of prompts used).
     """
     encoded = []
     for prompt, answer, subject in prompts:
         ids = encode(tokenizer, prompt)
         encoded.append((ids, subject_positions(tokenizer, prompt, subject), target_ids(tokenizer, answer)[0]))
-    if len({len(ids) for ids, _, _ in encoded}) > 1:
-        raise ValueError("average_trace needs prompts of one template: every prompt must have the same length")
+    if not roles and len({len(ids) for ids, _, _ in encoded}) > 1:
+        raise ValueError("prompts of different lengths cannot be averaged token by token; pass roles=True")
     std = embedding_std(model, [ids[p] for ids, positions, _ in encoded for p in positions])
     device = next(model.parameters()).device
-    total, used = None, 0
+    kept = []
     for index, (ids, positions, answer_id) in enumerate(encoded):
         trace = causal_trace(
             model,
@@ -385,11 +426,10 @@ def average_trace(
         if trace.p_clean - trace.p_corrupt < min_drop:
             continue
         normalised = trace.effects / (trace.p_clean - trace.p_corrupt)
-        total = normalised if total is None else total + normalised
-        used += 1
-    if total is None:
+        kept.append(by_role(normalised, positions) if roles else normalised)
+    if not kept:
         raise ValueError(f"no prompt lost {min_drop} of its answer probability under corruption; raise noise_scale")
-    return total / used, used
+    return torch.stack(kept).nanmean(0), len(kept)
 
 
 # ----------------------------------------------------------------------------------------- ROME

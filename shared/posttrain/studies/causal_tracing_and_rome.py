@@ -36,6 +36,7 @@ from ..core.profiles import Profile, run_environment, seed_everything
 from ..methods.editing import (
     RomeConfig,
     RomeEdit,
+    TOKEN_ROLES,
     average_trace,
     context_prefixes,
     continue_text,
@@ -77,6 +78,8 @@ class Plan:
     n_edits: int = 20
     n_sequential: int = 64
     n_trace_prompts: int = 24
+    trace_window: int = 1  # layers restored around each MLP / attention state (the paper: 10 of GPT-2 XL's 48)
+    trace_min_drop: float = 0.5  # a traced prompt must lose this much of its answer's probability under corruption
     n_prefixes: int = 5
     prefix_length: int = 10
     covariance_texts: int = 2000
@@ -114,6 +117,7 @@ PLANS = {
         n_edits=50,
         n_sequential=64,
         n_trace_prompts=20,
+        trace_window=10,
         n_prefixes=10,
         covariance_texts=2000,
         fluency_tokens=50,
@@ -186,19 +190,27 @@ def trace_prompts(
 
 
 def trace_relations(
-    model, tokenizer, prompts: dict[str, list[tuple[str, str, str]]], edited: str, seed: int, window: int = 1
+    model, tokenizer, prompts: dict[str, list[tuple[str, str, str]]], plan: Plan, seed: int, roles: bool = False
 ) -> dict:
-    """MLP traces of every relation in ``prompts`` and residual / attention traces of ``edited``: for each,
-    the mean normalised effect (n_layers × T), the prompt's tokens and the subject's last position."""
+    """MLP traces of every relation in ``prompts`` and residual / attention traces of ``plan.relation`` (MLP and
+    attention over ``plan.trace_window`` layers): for each, the mean normalised effect (n_layers × T, or × the six
+    ``TOKEN_ROLES`` with ``roles``, for prompts of different lengths), the column labels and the subject's last
+    column."""
     traces: dict[str, dict] = {}
     for relation, triples in prompts.items():
-        kinds = ("mlp", "residual", "attn") if relation == edited else ("mlp",)
+        kinds = ("mlp", "residual", "attn") if relation == plan.relation else ("mlp",)
         prompt, _, subject = triples[0]
-        tokens = [tokenizer.decode([t]) for t in encode(tokenizer, prompt)]
-        last = subject_positions(tokenizer, prompt, subject)[-1]
-        traces[relation] = {"tokens": tokens, "subject_last": last, "n_prompts": len(triples)}
+        if roles:
+            labels, last = list(TOKEN_ROLES), TOKEN_ROLES.index("last subject token")
+        else:
+            labels = [tokenizer.decode([t]) for t in encode(tokenizer, prompt)]
+            last = subject_positions(tokenizer, prompt, subject)[-1]
+        traces[relation] = {"tokens": labels, "subject_last": last, "n_prompts": len(triples)}
         for kind in kinds:
-            effects, used = average_trace(model, tokenizer, triples, kind, window, seed=seed)
+            window = 1 if kind == "residual" else plan.trace_window
+            effects, used = average_trace(
+                model, tokenizer, triples, kind, window, plan.trace_min_drop, seed=seed, roles=roles
+            )
             traces[relation][kind] = effects.tolist()
             traces[relation][f"{kind}_used"] = used
     return traces
@@ -452,7 +464,7 @@ def run(profile: Profile, plan: Plan, seed: int, loader: Loader | None = None) -
     seed_everything(seed)
     model, tokenizer = load_model(plan.model)
     prompts = trace_prompts(profile, model, tokenizer, plan, seed, loader)
-    traces = trace_relations(model, tokenizer, prompts, plan.relation, seed)
+    traces = trace_relations(model, tokenizer, prompts, plan, seed, roles=profile.name != "tiny")
     independent, sequence, held = edit_cases(profile, model, tokenizer, plan, seed, loader)
     editing = prepare(model, tokenizer, plan, covariance_texts(profile, plan, seed, loader), seed)
     editors = compare_editors(model, tokenizer, independent, editing)
