@@ -381,7 +381,8 @@ LAB04 = [
     Claim(
         "04",
         "early_site_at_subject",
-        "for the edited relation, the largest early-layer MLP effect sits at the subject's last token (margin: it minus "
+        "for the edited relation, the largest early-layer MLP effect sits at the subject's last token (margin: it "
+        "minus "
         "the largest early-layer effect at any other token)",
         lambda r: _lab04_site(r)["subject_last"] - _lab04_site(r)["best_elsewhere"],
         strict=True,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from autograder.budget import lab_budgets, markdown
@@ -71,3 +72,14 @@ def test_the_budget_page_shows_the_current_estimates():
     assert table in (ROOT / "docs" / "colab_budget.md").read_text(), (
         "docs/colab_budget.md is stale: paste the output of `python -m autograder budget`"
     )
+
+
+def test_the_gpt2_xl_shape_counts_gpt2_xl_s_parameters():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from posttrain.core.budget import GPT2_XL
+
+    with torch.device("meta"):  # no memory: only the shapes
+        model = GPT2LMHeadModel(GPT2Config(n_embd=1600, n_layer=48, n_head=25))
+    assert sum(p.numel() for p in model.parameters()) == GPT2_XL.parameters
+    assert (GPT2_XL.layers, GPT2_XL.hidden, GPT2_XL.intermediate, GPT2_XL.vocab) == (48, 1600, 6400, 50257)

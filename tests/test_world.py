@@ -107,3 +107,38 @@ def test_new_tasks_are_new(world):
 def test_name_pools_too_small_for_the_people_raise():
     with pytest.raises(ValueError, match="enlarge the name pools"):
         World(WorldSpec(n_first_names=5, n_last_names=5))
+
+
+def test_edit_cases_are_counterfactual_and_their_probes_are_what_they_claim(world):
+    from posttrain.world.tiny import STATEMENTS, statement_prompt
+
+    people = world.people[:12]
+    cases = world.edit_cases(people, "job", world.people, seed=3)
+    assert [c.request.subject for c in cases] == [p.name for p in people]
+    assert cases == world.edit_cases(people, "job", world.people, seed=3)
+    assert [c.request.target_new for c in cases] != [
+        c.request.target_new for c in world.edit_cases(people, "job", world.people, seed=4)
+    ]
+    tokenizer = make_tokenizer(world)
+    for person, case in zip(people, cases, strict=True):
+        request = case.request
+        assert request.text == f"{person.name} works as a" and request.prompt == statement_prompt("job", 1)
+        assert request.target_true == person.job and request.target_new != person.job
+        # paraphrases: the two other job templates, bare and after a sentence about someone else; never the request
+        assert request.text not in case.paraphrases and len(case.paraphrases) == 4
+        assert all(p.endswith(("earns a living as a", "is a")) and person.name in p for p in case.paraphrases)
+        # neighbours: other people whose true job is the old object
+        neighbours = {p.name: p for p in world.people}
+        for prompt in case.neighbours:
+            name = prompt.removesuffix(" works as a")
+            assert name != person.name and neighbours[name].job == person.job
+        # the other attributes: city and colour in two statement templates each, with their true answers
+        assert {(a.prompt, a.answer) for a in case.attributes} == {
+            (statement_prompt(r, i).format(person.name), person.value(r)) for r in ("city", "colour") for i in (0, 2)
+        }
+        # portability: chat questions in every job template and one JSON request, answered by the new object
+        assert [i.answer for i in case.portability[:3]] == [request.target_new] * 3
+        assert case.portability[-1].scorer == "word_json" and request.target_new in case.portability[-1].answer
+        for text in (*case.paraphrases, *case.neighbours, *(i.prompt for i in case.portability)):
+            assert tokenizer.unk_token_id not in tokenizer(text)["input_ids"], text
+    assert statement_prompt("city", 0) == STATEMENTS["city"][0].split(" {v}")[0].replace("{n}", "{}")

@@ -41,6 +41,9 @@ class ModelShape:
 
 # Qwen/Qwen2.5-0.5B-Instruct's config.json: 24 layers, hidden 896, MLP 4864, 2 key/value heads of 64, tied embeddings.
 QWEN2_5_0_5B = ModelShape("Qwen/Qwen2.5-0.5B-Instruct", 494_032_768, 24, 896, 4864, 128, 151_936)
+# gpt2-xl's config.json: 48 layers, n_embd 1600, MLP 4 × 1600, 25 heads of 64 (no grouped keys), vocabulary 50 257.
+# Its activations are counted with the Llama/Qwen2 block's formula, an upper bound for GPT-2's two-matrix MLP.
+GPT2_XL = ModelShape("gpt2-xl", 1_557_611_200, 48, 1600, 6400, 1600, 50_257)
 
 
 @dataclass(frozen=True)
@@ -82,12 +85,14 @@ class TrainingRun:
 
 @dataclass(frozen=True)
 class LabBudget:
-    """A lab's colab plan on the GPU: its training runs and how many tokens its evaluations decode greedily."""
+    """A lab's colab plan on the GPU: its model's shape, its training runs and how many tokens its evaluations decode
+    greedily."""
 
     lab: str
     runs: tuple[TrainingRun, ...]
     generated_tokens: int
     generation_batch: int = GENERATION_BATCH
+    shape: ModelShape = QWEN2_5_0_5B
 
 
 def activation_bytes_per_token(shape: ModelShape) -> int:
@@ -130,8 +135,10 @@ def generation_seconds(shape: ModelShape, new_tokens: int, batch_size: int, gpu:
     return steps * 4 * shape.parameters / (gpu.bandwidth_gbs * 1e9 * gpu.bandwidth_share)
 
 
-def lab_budget_row(budget: LabBudget, shape: ModelShape = QWEN2_5_0_5B, gpu: GPU = T4) -> dict:
-    """The budget of one lab: each run's peak memory, the lab's largest peak and its estimated minutes."""
+def lab_budget_row(budget: LabBudget, gpu: GPU = T4) -> dict:
+    """The budget of one lab on its model (``budget.shape``): each run's peak memory, the lab's largest peak and its
+    estimated minutes."""
+    shape = budget.shape
     peaks = {run.label: peak_memory(shape, run) for run in budget.runs}
     seconds = sum(training_seconds(shape, run, gpu) for run in budget.runs)
     seconds += generation_seconds(shape, budget.generated_tokens, budget.generation_batch, gpu)

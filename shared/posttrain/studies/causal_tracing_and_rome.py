@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import copy
 import random
 import statistics
 import time
@@ -27,16 +26,16 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from tqdm.auto import tqdm
 
-from ..core.budget import LabBudget
+from ..core.budget import GPT2_XL, LabBudget, TrainingRun
 from ..core.edits import EditCase
 from ..core.evaluate import accuracy, per_sample_correct
 from ..core.forgetting import take_snapshot
 from ..core.models import load_model
 from ..core.profiles import Profile, run_environment, seed_everything
 from ..methods.editing import (
+    TOKEN_ROLES,
     RomeConfig,
     RomeEdit,
-    TOKEN_ROLES,
     average_trace,
     context_prefixes,
     continue_text,
@@ -105,8 +104,8 @@ PLANS = {
         ftl_linf=2e-2,
     ),
     # The reference code's GPT-2 XL hyper-parameters (kmeng01/rome hparams/ROME/gpt2-xl.json, FT-L's ft/gpt2-xl):
-    # layer 17, 20 steps at lr 0.5, KL 0.0625, weight decay 0.5, clamp 4; 10 prefixes of 10 tokens; C from
-    # wikitext (the reference uses 100 000 Wikipedia samples; a T4 session has time for far fewer).
+    # layer 17, 20 steps at lr 0.5, KL 0.0625, weight decay 0.5, clamp 4. Prefixes: 10 of 10 tokens (the reference
+    # samples 10 of 5 and 10 of 10); C from 2 000 WikiText paragraphs (the reference: 100 000 Wikipedia samples).
     "colab": Plan(
         "gpt2-xl",
         "counterfact",
@@ -406,7 +405,7 @@ def sequential_editing(
     editing: Editing,
     old_skills: OldSkills | None = None,
 ) -> list[dict]:
-    """ROME edits of ``cases`` applied one after another to ``model`` (in place: pass a copy), each computed on the
+    """ROME edits of ``cases`` applied one after another to ``model`` (in place, for good), each computed on the
     model the earlier ones left, with C and the prefixes of the unedited model (arXiv:2401.07453). Before the first
     edit and at each of ``plan.checkpoints()``: the retention of every edit so far (efficacy, paraphrase), the
     neighbourhood of all ``cases``, the true objects of ``held`` facts that are never edited, the fluency of free text
@@ -469,7 +468,7 @@ def run(profile: Profile, plan: Plan, seed: int, loader: Loader | None = None) -
     editing = prepare(model, tokenizer, plan, covariance_texts(profile, plan, seed, loader), seed)
     editors = compare_editors(model, tokenizer, independent, editing)
     curve = sequential_editing(
-        copy.deepcopy(model), tokenizer, sequence, held, editing, old_skill_accuracies(profile, plan.n_per_skill, seed)
+        model, tokenizer, sequence, held, editing, old_skill_accuracies(profile, plan.n_per_skill, seed)
     )
     return summarize(profile, seed, plan, traces, editors, curve)
 
@@ -499,8 +498,34 @@ def anatomy_layers(traces: dict) -> int:
     return len(next(iter(traces.values()))["mlp"])
 
 
-def colab_budget(plan: Plan = PLANS["colab"]) -> LabBudget:
-    """Lab 04 on a GPU: no training run; ROME's and FT-L's optimisation steps are a few forward-backward passes per
-    edit, and decoding is the fluency text of each edit and each checkpoint."""
-    decoded = (4 * plan.n_edits + len(plan.checkpoints()) * plan.n_edits) * plan.fluency_tokens
-    return LabBudget("04_causal_tracing_and_rome", (), decoded)
+def colab_budget(plan: Plan = PLANS["colab"], prompt_tokens: int = 32) -> LabBudget:
+    """Lab 04 on a GPU, GPT-2 XL counted as float32 (the notebook loads it in 16 bits, half of the weights' share):
+    ROME's value search back-propagates through the whole model to one vector δ, for each independent and
+    sequential edit (``n_prefixes`` + 2 prompts of about ``prompt_tokens`` tokens); FT-L trains one MLP projection
+    with Adam; decoding is the fluency text of every edit, its baseline and each checkpoint."""
+    prompts = plan.n_prefixes + 2
+    rome = TrainingRun(
+        "ROME value search (each edit)",
+        plan.rome.steps,
+        prompts,
+        1,
+        prompt_tokens,
+        prompt_tokens,
+        trainable=GPT2_XL.hidden,
+        repeats=plan.n_edits + plan.n_sequential,
+        autocast=False,
+    )
+    ftl = TrainingRun(
+        "FT-L (each edit)",
+        plan.ftl_steps,
+        1,
+        1,
+        prompt_tokens,
+        prompt_tokens,
+        trainable=GPT2_XL.hidden * GPT2_XL.intermediate,
+        repeats=plan.n_edits,
+        autocast=False,
+    )
+    checkpoints = len(plan.checkpoints()) + 1
+    decoded = (4 * plan.n_edits + checkpoints * plan.n_edits) * plan.fluency_tokens
+    return LabBudget("04_causal_tracing_and_rome", (rome, ftl), decoded, shape=GPT2_XL)
