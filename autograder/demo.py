@@ -33,7 +33,7 @@ PARTIAL_ANSWERS = {
     "01_finetune_and_forget": ("task4_sample_wise", "task5_chance"),
     "02_lora_and_regularization": ("task1_lora_forward", "task2_merge"),
     "03_replay_and_self_distillation": ("task4_reverse_kl", "task5_bhattacharyya"),
-    "04_causal_tracing_and_rome": ("task1_trace_effects", "task3_n_gram_entropy"),
+    "04_causal_tracing_and_rome": ("task1_trace_effects", "task2_n_gram_entropy"),
 }
 # The grade each lab's sample class must get: the solution 100, the blank release 0, the partly solved notebook the
 # points of the tasks it solves.
@@ -44,7 +44,7 @@ PARTIAL_SCORES = {
     "02_lora_and_regularization": 25,
     # tasks 4 and 5 (35 points) and task 6, which checks the theory with them (15)
     "03_replay_and_self_distillation": 50,
-    # tasks 1 (20) and 3 (20); without the rank-one update of task 2 no edit is made, so tasks 4 and 5 fail with it
+    # tasks 1 (20) and 2 (20); without the rank-one update of task 3 no edit is made, so tasks 4 and 5 fail with it
     "04_causal_tracing_and_rome": 40,
 }
 

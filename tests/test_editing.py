@@ -207,3 +207,33 @@ def test_tiny_chat_recalls_jobs_in_the_subjects_first_mlp():
     subject_last = 2  # <bos> first last works as a
     assert jobs[0, subject_last] >= 0.5 and jobs[0, subject_last] > jobs[0, -1] + 0.2
     assert cities[0, subject_last] < cities[0, -1]
+
+
+def test_token_roles_follow_the_paper_and_role_averages_skip_empty_roles():
+    # <bos> the big apple is red : subject "big apple" at 2-3, then "is", "red", and the last token ":"
+    assert editing.token_roles(7, [2, 3]) == [None, None, 0, 2, 3, 4, 5]
+    assert editing.token_roles(5, [1, 2, 3]) == [None, 0, 1, 2, 5]  # the last token right after the subject
+    effects = torch.arange(14, dtype=torch.float32).reshape(2, 7)
+    roles = editing.by_role(effects, [2, 3])
+    assert roles.shape == (2, len(editing.TOKEN_ROLES))
+    assert roles[0].tolist()[0] == 2 and roles[0].tolist()[2:] == [3, 4, 5, 6]
+    assert math.isnan(roles[0, 1])  # a two-token subject has no middle tokens
+
+
+def test_traces_of_prompts_of_different_lengths_average_by_role(random_model):
+    model, tokenizer = random_model
+    prompts = [("ada stone works as a", "baker", "ada stone"), ("bela frost is a", "pilot", "bela frost")]
+    with pytest.raises(ValueError, match="roles=True"):
+        editing.average_trace(model, tokenizer, prompts, min_drop=-1.0)
+    effects, used = editing.average_trace(model, tokenizer, prompts, "mlp", min_drop=-1.0, roles=True)
+    assert used == 2 and effects.shape == (3, len(editing.TOKEN_ROLES))
+
+
+def test_continuations_are_greedy_and_do_not_repeat_the_prompt(random_model):
+    model, tokenizer = random_model
+    prompts = ["ada stone", "bela frost works as a"]
+    texts = editing.continue_text(model, tokenizer, prompts, n_tokens=5)
+    assert len(texts) == 2 and texts == editing.continue_text(model, tokenizer, prompts, n_tokens=5)
+    alone = editing.continue_text(model, tokenizer, prompts[:1], n_tokens=5)
+    assert alone == texts[:1]  # left padding does not change a shorter prompt's continuation
+    assert all(len(t.split()) <= 5 for t in texts) and editing.continue_text(model, tokenizer, [], 5) == []

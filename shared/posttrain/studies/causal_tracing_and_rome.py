@@ -55,7 +55,7 @@ from ..methods.editing import (
 )
 from ..world.benchmarks import forgetting_benchmark
 from ..world.hub import Loader, load_counterfact, load_wikitext
-from ..world.tiny import RELATIONS, World, restate_prompt, statement_prompt
+from ..world.tiny import RELATIONS, Person, World, restate_prompt, statement_prompt
 
 EDITORS = ("ROME", "FT-L", "IKE")
 # The paper's running example (arXiv:2202.05262, fig. 1), traced first on colab.
@@ -125,7 +125,7 @@ PLANS = {
 
 
 # ----------------------------------------------------------------------------------------- the edit set
-def known(model, tokenizer, world: World, relation: str) -> list:
+def known(model, tokenizer, world: World, relation: str) -> list[Person]:
     """The world's people whose fact of ``relation`` the model completes itself: greedy next word after the
     request prompt ("ada stone works as a") is the true value. Only a known fact can be located and rewritten."""
     prompts = [statement_prompt(relation, 1).format(p.name) for p in world.people]
@@ -133,7 +133,7 @@ def known(model, tokenizer, world: World, relation: str) -> list:
     return [p for p, word in zip(world.people, words, strict=True) if word == p.value(relation)]
 
 
-def split_people(people: Sequence, n_dev: int = 20) -> tuple[list, list]:
+def split_people(people: Sequence[Person], n_dev: int = 20) -> tuple[list[Person], list[Person]]:
     """(development, evaluation): the last ``n_dev`` known people are where the plan's settings were chosen; the
     lab's edits are drawn from the others only."""
     return list(people[-n_dev:]), list(people[:-n_dev])
@@ -218,7 +218,7 @@ def trace_relations(
 def edit_site(trace: dict, early_layers: int) -> dict:
     """Where the MLP trace of one relation peaks among the first ``early_layers`` layers: the layer, the effect at
     the subject's last token and at the final token there, and the largest effect at any other position."""
-    effects = torch.tensor(trace["mlp"])[:early_layers]
+    effects = torch.tensor(trace["mlp"])[:early_layers].nan_to_num(0.0)  # an empty token role has no effect
     subject_last = trace["subject_last"]
     layer = int(effects[:, subject_last].argmax())
     others = torch.cat([effects[:, :subject_last], effects[:, subject_last + 1 :]], dim=1)
@@ -242,9 +242,9 @@ class EditorResult:
     paraphrase: float
     neighbourhood_before: float
     neighbourhood_after: float
-    attributes_before: float
+    attributes_before: float | None  # None: the cases have no attribute prompts (CounterFact)
     attributes_kept: float
-    portability: float
+    portability: float | None  # None: the cases have no portability probes (CounterFact)
     fluency_before: float
     fluency_after: float
     seconds: float
@@ -256,10 +256,6 @@ class EditorResult:
 
     def to_json(self) -> dict:
         return asdict(self) | {"neighbourhood_drop": self.neighbourhood_drop}
-
-
-def _mean(values: Sequence[float]) -> float:
-    return statistics.fmean(values) if values else float("nan")
 
 
 def _flatten(rows: Sequence[Sequence[bool]]) -> list[bool]:
