@@ -320,18 +320,44 @@ def evaluate_skills(model, tokenizer, skills: dict[str, Sequence[Item]], max_new
     return {name: accuracy(c) for name, c in skill_scores(model, tokenizer, skills, max_new_tokens).items()}
 
 
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of a raw-text prompt: the beginning-of-sequence token (when the tokenizer has one), then the text."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
+
+
+def pad_id(tokenizer) -> int:
+    """The id right-padded raw-text batches pad with (masked out, so any id will do where there is none)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def right_padded(sequences: Sequence[Sequence[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) of token sequences padded on the right to the longest, on ``device``."""
+    width = max(len(s) for s in sequences)
+    ids = torch.tensor([list(s) + [pad] * (width - len(s)) for s in sequences], device=device)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device)
+    return ids, mask
+
+
 @torch.no_grad()
+def next_token_ids(model, tokenizer, prompts: Sequence[str]) -> list[int]:
+    """The arg-max next token after each raw-text prompt (``encode``d), in one right-padded batch."""
+    if not prompts:
+        return []
+    device = next(model.parameters()).device
+    encoded = [encode(tokenizer, p) for p in prompts]
+    ids, mask = right_padded(encoded, pad_id(tokenizer), device)
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    last = torch.tensor([len(e) - 1 for e in encoded], device=device)
+    return logits[torch.arange(len(prompts), device=device), last].argmax(-1).tolist()
+
+
 def next_word_correct(model, tokenizer, pairs: Sequence[tuple[str, str]]) -> list[bool]:
-    """Raw-LM knowledge probe: is the greedy next token after each prefix the expected word?
+    """Raw-LM knowledge probe: is the greedy next token after each prefix the expected word's first token?
 
     Used for models without chat training (``tiny-base``, ``tiny-base-cpt``): ``("ada stone lives in",
     "paris")`` is correct when ``paris`` is the arg-max continuation.
     """
-    device = next(model.parameters()).device
-    correct = []
-    for prefix, word in pairs:
-        ids = [tokenizer.bos_token_id] + tokenizer(prefix, add_special_tokens=False)["input_ids"]
-        logits = model(input_ids=torch.tensor([ids], device=device)).logits[0, -1]
-        target = tokenizer(word, add_special_tokens=False)["input_ids"][0]
-        correct.append(int(logits.argmax()) == target)
-    return correct
+    predicted = next_token_ids(model, tokenizer, [prefix for prefix, _ in pairs])
+    expected = [tokenizer(word, add_special_tokens=False)["input_ids"][0] for _, word in pairs]
+    return [p == e for p, e in zip(predicted, expected, strict=True)]

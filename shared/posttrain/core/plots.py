@@ -101,22 +101,31 @@ def energy_curves(curves: dict[str, list[float]], lora_ranks: list[int], energy:
     return fig
 
 
-def variant_bars(runs: list[dict], title: str) -> plt.Figure:
-    """Lab 03: for each training-data variant, its new-task accuracy next to its mean sample-wise forgetting F of
-    the old skills (Harmon et al. 2025, arXiv:2510.17776)."""
-    labels = [run["label"] for run in runs]
-    xs = range(len(labels))
-    fig, ax = plt.subplots(figsize=(max(6, 0.95 * len(labels)), 3.4))
-    ax.bar([x - 0.2 for x in xs], [run["new_accuracy"] for run in runs], width=0.4, label="new-task accuracy")
-    ax.bar([x + 0.2 for x in xs], [run["forgetting"] for run in runs], width=0.4, label="old-skill forgetting F")
-    ax.set_xticks(list(xs), labels, rotation=25, ha="right")
-    ax.set_ylabel("share of items")
+def grouped_bars(groups: list[str], series: dict[str, list[float]], ylabel: str, title: str) -> plt.Figure:
+    """One group of bars per entry of ``groups``, one bar per series (its values in group order), on a 0–1 axis."""
+    xs = np.arange(len(groups))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6, 1.0 * len(groups)), 3.4))
+    for i, (label, values) in enumerate(series.items()):
+        ax.bar(xs + (i - (len(series) - 1) / 2) * width, values, width=width, label=label)
+    ax.set_xticks(xs, groups, rotation=25, ha="right")
+    ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     plt.show()
     return fig
+
+
+def variant_bars(runs: list[dict], title: str) -> plt.Figure:
+    """Lab 03: for each training-data variant, its new-task accuracy next to its mean sample-wise forgetting F of
+    the old skills (Harmon et al. 2025, arXiv:2510.17776)."""
+    series = {
+        "new-task accuracy": [run["new_accuracy"] for run in runs],
+        "old-skill forgetting F": [run["forgetting"] for run in runs],
+    }
+    return grouped_bars([run["label"] for run in runs], series, "share of items", title)
 
 
 def trajectory_curves(
@@ -179,21 +188,10 @@ def trace_heatmaps(traces: dict[str, dict], panels: list[tuple[str, str]], title
 
 
 def editor_bars(editors: dict[str, dict], scores: list[str], title: str) -> plt.Figure:
-    """Lab 04: one group of bars per CounterFact score (``scores``: keys of each editor's row), one bar per editor."""
-    xs = np.arange(len(scores))
-    width = 0.8 / len(editors)
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(scores)), 3.4))
-    for i, (name, row) in enumerate(editors.items()):
-        values = [row[s] if row[s] is not None else 0.0 for s in scores]
-        ax.bar(xs + (i - (len(editors) - 1) / 2) * width, values, width=width, label=name)
-    ax.set_xticks(xs, [s.replace("_", " ") for s in scores], rotation=25, ha="right")
-    ax.set_ylabel("share of prompts")
-    ax.set_ylim(0, 1.05)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    plt.show()
-    return fig
+    """Lab 04: one group of bars per CounterFact score (``scores``: keys of each editor's row), one bar per editor
+    (an empty score, None, drawn as 0)."""
+    series = {name: [row[s] if row[s] is not None else 0.0 for s in scores] for name, row in editors.items()}
+    return grouped_bars([s.replace("_", " ") for s in scores], series, "share of prompts", title)
 
 
 def sequential_curves(curve: list[dict], keys: list[str], title: str) -> plt.Figure:

@@ -38,6 +38,7 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 from ..core.edits import EditCase, EditRequest
+from ..core.evaluate import encode, next_token_ids, pad_id, right_padded
 
 STATE_KINDS = ("residual", "mlp", "attn")
 
@@ -133,12 +134,6 @@ def hooked(module: torch.nn.Module, edit: Callable[[torch.Tensor], torch.Tensor]
 
 
 # ----------------------------------------------------------------------------------------- tokens and probabilities
-def encode(tokenizer, text: str) -> list[int]:
-    """Token ids of a raw-text prompt: the beginning-of-sequence token (when the tokenizer has one), then the text."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
-
-
 def subject_positions(tokenizer, text: str, subject: str) -> list[int]:
     """Positions of ``subject``'s tokens in ``encode(tokenizer, text)`` (its first occurrence); the last one is where
     ROME reads the key. Raises ``ValueError`` when the subject is not in the text or its tokens do not line up with
@@ -154,17 +149,6 @@ def subject_positions(tokenizer, text: str, subject: str) -> list[int]:
     if full[: len(through)] != through or through[: len(before)] != before or len(through) == len(before):
         raise ValueError(f"the subject {subject!r} does not form whole tokens in {text!r}")
     return list(range(len(before), len(through)))
-
-
-def _right_padded(sequences: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.tensor([list(s) + [pad_id] * (width - len(s)) for s in sequences], device=device)
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device)
-    return ids, mask
-
-
-def _pad_id(tokenizer) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def target_ids(tokenizer, target: str) -> list[int]:
@@ -191,7 +175,7 @@ def target_logprobs(
         chunk_prompts, chunk_targets = prompts[start : start + batch_size], targets[start : start + batch_size]
         heads = [encode(tokenizer, p) for p in chunk_prompts]
         tails = [target_ids(tokenizer, t) for t in chunk_targets]
-        ids, mask = _right_padded([h + t for h, t in zip(heads, tails, strict=True)], _pad_id(tokenizer), device)
+        ids, mask = right_padded([h + t for h, t in zip(heads, tails, strict=True)], pad_id(tokenizer), device)
         logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
         for row, (head, tail) in enumerate(zip(heads, tails, strict=True)):
             positions = torch.arange(len(head) - 1, len(head) + len(tail) - 1, device=device)
@@ -474,7 +458,7 @@ def projection_inputs(
     projection = anatomy(model).projections[check_layer(model, layer)]
     device = next(model.parameters()).device
     encoded = [encode(tokenizer, t) for t in texts]
-    ids, mask = _right_padded(encoded, _pad_id(tokenizer), device)
+    ids, mask = right_padded(encoded, pad_id(tokenizer), device)
     seen: list[torch.Tensor] = []
 
     def keep(inputs: torch.Tensor) -> torch.Tensor:
@@ -559,7 +543,7 @@ def rome_value(
     heads = [encode(tokenizer, t) for t in rewrite_texts]
     rewrite_ids = [h + new_ids[:-1] for h in heads]
     kl_texts, kl_positions = _subject_prompts(tokenizer, config.kl_prompts, request.subject)
-    ids, mask = _right_padded(rewrite_ids + [encode(tokenizer, t) for t in kl_texts], _pad_id(tokenizer), device)
+    ids, mask = right_padded(rewrite_ids + [encode(tokenizer, t) for t in kl_texts], pad_id(tokenizer), device)
     lookups = torch.tensor(rewrite_positions + kl_positions, device=device)
     rows = torch.arange(len(lookups), device=device)
     n_rewrite = len(rewrite_ids)
@@ -699,17 +683,9 @@ def prefers(model, tokenizer, prompts: Sequence[str], winner: str, loser: str) -
     return (both[: len(prompts)] > both[len(prompts) :]).tolist()
 
 
-@torch.no_grad()
 def greedy_next_word(model, tokenizer, prompts: Sequence[str]) -> list[str]:
     """The arg-max next token after each raw-text prompt, decoded."""
-    if not prompts:
-        return []
-    device = next(model.parameters()).device
-    encoded = [encode(tokenizer, p) for p in prompts]
-    ids, mask = _right_padded(encoded, _pad_id(tokenizer), device)
-    logits = model(input_ids=ids, attention_mask=mask).logits
-    last = logits[torch.arange(len(prompts), device=device), torch.tensor([len(e) - 1 for e in encoded], device=device)]
-    return [tokenizer.decode([int(t)]).strip() for t in last.argmax(-1)]
+    return [tokenizer.decode([t]).strip() for t in next_token_ids(model, tokenizer, prompts)]
 
 
 @torch.no_grad()
@@ -721,7 +697,7 @@ def continue_text(model, tokenizer, prompts: Sequence[str], n_tokens: int) -> li
     device = next(model.parameters()).device
     encoded = [encode(tokenizer, p) for p in prompts]
     width = max(len(e) for e in encoded)
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
     mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n_tokens, do_sample=False, pad_token_id=pad)

@@ -117,6 +117,7 @@ PLANS = {
         n_sequential=64,
         n_trace_prompts=20,
         trace_window=10,
+        trace_min_drop=0.1,  # GPT-2 XL is less sure of its facts: keep a record whose answer falls by 0.1 or more
         n_prefixes=10,
         covariance_texts=2000,
         fluency_tokens=50,
