@@ -15,6 +15,7 @@ from pathlib import Path
 from autograder.bench import run_bench, run_grading_bench, run_lora_bench, run_speed_bench
 from autograder.budget import lab_budgets
 from autograder.budget import markdown as budget_markdown
+from autograder.claims import CLAIMS
 from autograder.collect import collect
 from autograder.course import REPO_ROOT, CourseError, Lab, all_labs, read_source, resolve_lab
 from autograder.demo import run_demo
@@ -79,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
 
     spread = commands.add_parser("spread", help="measure each claim's margin on this platform (docs/margins.md)")
     spread.add_argument("--label", help="name of this platform, e.g. avx2-2threads (writes <out>/<label>.json)")
-    spread.add_argument("--labs", nargs="+", default=["01", "02", "03"], help="labs to measure (default: all)")
+    spread.add_argument("--labs", nargs="+", default=sorted(CLAIMS), help="labs to measure (default: all)")
     spread.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default: 0 1 2)")
     spread.add_argument("--out", type=Path, default=SPREAD_DIR, help="folder of the per-platform JSON files")
     spread.add_argument("--work", type=Path, default=Path("/tmp/posttrain-spread"), help="scratch folder")

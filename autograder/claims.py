@@ -427,12 +427,6 @@ LAB04 = [
     ),
     Claim(
         "04",
-        "sequential_reaches_64",
-        "the sequential-editing curve is measured to >= 64 edits",
-        lambda r: r["sequential"][-1]["edits"] - 64,
-    ),
-    Claim(
-        "04",
         "sequential_old_skills_fall",
         "the old skills after the last sequential edit are below those after the first",
         lambda r: r["sequential"][1]["old_skill_mean"] - r["sequential"][-1]["old_skill_mean"],

@@ -53,6 +53,21 @@ def test_the_spread_table_separates_seed_and_platform_spread(tmp_path):
     assert row["robust"] and "| 01 | `masters_new_task`" in markdown([row])
 
 
+def test_a_margin_exactly_at_a_non_strict_threshold_clears_a_zero_spread_and_a_strict_one_does_not(tmp_path):
+    def platform(label: str, lab: str, name: str) -> None:
+        per_seed = {seed: {name: 0.0} for seed in ("0", "1")}
+        (tmp_path / f"{label}.json").write_text(json.dumps({"environment": {}, "margins": {lab: per_seed}}))
+
+    for label in ("avx512", "avx2"):
+        platform(label, "01", "masters_new_task")  # >= 90 %: a margin of 0 is the threshold itself
+    (row,) = spread_table(tmp_path)
+    assert row["platform_spread"] == 0 and row["robust"]
+    for label in ("avx512", "avx2"):
+        platform(label, "01", "new_task_is_new")  # < 20 %, strict: a margin of 0 fails it
+    (row,) = spread_table(tmp_path)
+    assert not row["robust"]
+
+
 def test_docs_margins_shows_the_table_of_the_stored_measurements():
     from autograder.spread import SPREAD_DIR
 

@@ -48,7 +48,7 @@ def test_ftl_damages_more_and_ike_is_reported(results):
 
 def test_sequential_edits_wear_away_and_then_break_old_skills(results):
     assert [row["edits"] for row in results["sequential"]] == [0, 1, 2, 4, 8, 16, 32, 64]
-    for name in ("sequential_reaches_64", "sequential_old_skills_fall", "sequential_neighbourhood_falls"):
+    for name in ("sequential_old_skills_fall", "sequential_neighbourhood_falls"):
         claim("04", name).check(results)
     claim("04", "sequential_edits_wear_away").check(results)
 
