@@ -223,7 +223,7 @@ def embedding_std(model, token_ids: Sequence[int]) -> float:
     """Standard deviation of the embedding entries of ``token_ids`` (the reference code's noise unit: the subjects'
     embeddings)."""
     embed = anatomy(model).embed.weight
-    return float(embed[torch.tensor(sorted(set(token_ids)), device=embed.device)].float().std())
+    return float(embed[torch.tensor(sorted(set(token_ids)), device=embed.device)].detach().float().std())
 
 
 def subject_noise(model, n_positions: int, std: float, seed: int = 0) -> torch.Tensor:
