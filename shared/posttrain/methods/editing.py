@@ -20,7 +20,7 @@ weighted by their second moment C = E[k kᵀ] (eq. 2):
 
 Baselines: constrained fine-tuning of the same projection (FT-L, sec. 4.2: gradient steps on the new object with
 every weight kept within ε of its original in L∞) and in-context editing (IKE, Zheng et al. 2023, arXiv:2305.12740:
-the new fact in the prompt, no weight changes). ``edit_metrics`` scores an edit as CounterFact does (sec. 4.2,
+the new fact in the prompt, no weight changes). ``fact_scores`` scores an edit as CounterFact does (sec. 4.2,
 efficacy / paraphrase / neighbourhood), plus the subject's other attributes, portability and fluency (KnowEdit,
 arXiv:2401.01286). One hook context manager (``hooked``) serves tracing and editing; every function takes the
 model's own device; Llama-style (``model.model.layers``) and GPT-2 (``model.transformer.h``, Conv1D) models work.
@@ -538,8 +538,8 @@ def rome_value(
     layer = check_layer(model, config.layer)
     device = next(model.parameters()).device
     new_ids = target_ids(tokenizer, request.target_new)
-    rewrite_texts = [prefix.format(request.prompt).format(request.subject) for prefix in prefixes]
-    rewrite_positions = [subject_positions(tokenizer, t, request.subject)[-1] for t in rewrite_texts]
+    templates = [prefix.format(request.prompt) for prefix in prefixes]
+    rewrite_texts, rewrite_positions = _subject_prompts(tokenizer, templates, request.subject)
     heads = [encode(tokenizer, t) for t in rewrite_texts]
     rewrite_ids = [h + new_ids[:-1] for h in heads]
     kl_texts, kl_positions = _subject_prompts(tokenizer, config.kl_prompts, request.subject)
@@ -668,10 +668,10 @@ def finetune_layer_edit(
     return RomeEdit(layer, torch.zeros(0), torch.zeros(0), delta)
 
 
-def in_context_prompt(fact: str, prompt: str, demonstrations: Sequence[str] = ()) -> str:
-    """In-context editing (IKE, arXiv:2305.12740): the new fact, stated, then the prompt (after any demonstrations of
-    facts followed by prompts that use them). No weight changes."""
-    return " ".join([*demonstrations, fact, prompt])
+def in_context_prompt(fact: str, prompt: str) -> str:
+    """In-context editing (IKE, arXiv:2305.12740, without its demonstrations): the new fact, stated, then the prompt.
+    No weight changes."""
+    return f"{fact} {prompt}"
 
 
 # ----------------------------------------------------------------------------------------- metrics

@@ -283,7 +283,8 @@ def in_context_case(case: EditCase) -> EditCase:
 
 
 def kept(before: Sequence[bool], after: Sequence[bool]) -> float:
-    """The share of items right before that are still right after (sample-wise: 1 − forgetting); 1 when none was."""
+    """The share of the items right before that are still right after, 1 − F / accuracy before in the terms of
+    ``core.evaluate.sample_wise`` (whose F is a share of all items); 1 when none was right."""
     right = [a for b, a in zip(before, after, strict=True) if b]
     return statistics.fmean(right) if right else 1.0
 
