@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from autograder.bench import run_bench, run_grading_bench, run_lora_bench, run_speed_bench
+from autograder.bench import run_bench, run_grading_bench, run_lora_bench, run_merge_bench, run_speed_bench
 from autograder.budget import lab_budgets
 from autograder.budget import markdown as budget_markdown
 from autograder.claims import CLAIMS
@@ -71,8 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--work", type=Path, default=Path("/tmp/posttrain-bench"), help="scratch folder")
     bench.add_argument(
         "--only",
-        choices=("labs", "speed", "lora", "grading"),
-        help="time only the labs, the speed of training and evaluation, LoRA or the grader",
+        choices=("labs", "speed", "lora", "merge", "grading"),
+        help="time only the labs, the speed of training and evaluation, LoRA, merging or the grader",
     )
 
     budget = commands.add_parser("budget", help="each lab's colab plan on a T4, on paper (docs/colab_budget.md)")
@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(run_speed_bench(args.out), indent=1))
         if args.only in (None, "lora"):
             print(json.dumps(run_lora_bench(args.out), indent=1))
+        if args.only in (None, "merge"):
+            print(json.dumps(run_merge_bench(args.out, args.work / "merge"), indent=1))
         if args.only in (None, "grading"):
             print(json.dumps(run_grading_bench(args.out, args.work / "grading"), indent=1))
         return 0

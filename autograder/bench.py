@@ -4,6 +4,8 @@
 * ``speed.json``: the machine's fp32 GEMM peak, a Lab 01 training step's FLOP/s against it, and one forgetting
   snapshot of each lab's benchmark (generation and multiple choice apart), from ``posttrain.core.speed``;
 * ``lora.json``: our LoRA's training step against PEFT's (Lab 02);
+* ``merge.json``: peak memory and time of merging two fine-tunes of a 106 M-parameter Llama into its base, streamed
+  (``posttrain.methods.merging.merge_checkpoints``) against loading all three models (Lab 05);
 * ``autograde.json``: the grader, below.
 
 The grader is measured on the mini lab of the test suite (``tests/fixtures/mini_lab``), whose notebooks run in about a
@@ -22,6 +24,8 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -173,4 +177,74 @@ def run_speed_bench(out_dir: Path, train_steps: int = 12) -> dict:
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "speed.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+# The merge bench's model: Llama with 9 layers of width 768 and an untied 32 000-word vocabulary, 106 M parameters.
+MERGE_BENCH_SHAPE = {"vocab_size": 32_000, "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 9}
+# One merge in a fresh process, which prints its own peak resident memory and wall time. The peak is VmHWM, which
+# starts afresh at exec; ``ru_maxrss`` would carry over the parent's peak from before the fork.
+_MERGE_CHILD = """
+import json, re, sys, time
+from pathlib import Path
+import torch
+from posttrain.methods.merging import Merge, merge_checkpoints, merge_state_dicts
+root, how = Path(sys.argv[1]), sys.argv[2]
+merge = Merge("ties", densities=(0.5, 0.5))
+start = time.perf_counter()
+if how == "streaming":
+    merge_checkpoints(root / "base", [root / "ft1", root / "ft2"], merge, root / "out-streaming")
+else:
+    from transformers import LlamaForCausalLM
+    models = [LlamaForCausalLM.from_pretrained(root / n, dtype=torch.float32) for n in ("base", "ft1", "ft2")]
+    merged = merge_state_dicts(models[0].state_dict(), [m.state_dict() for m in models[1:]], merge)
+    models[0].load_state_dict(merged)
+    models[0].save_pretrained(root / "out-naive")
+seconds = time.perf_counter() - start
+peak_kib = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+print(json.dumps({"peak_rss_mb": peak_kib / 1024, "seconds": seconds}))
+"""
+
+
+def run_merge_bench(out_dir: Path, work: Path) -> dict:
+    """Peak resident memory and time of a TIES merge of two fine-tunes into their base, each path in a fresh
+    process: streaming over safetensors tensors against loading the three models whole (``from_pretrained``,
+    ``merge_state_dicts``, ``save_pretrained``). The checkpoints are a random Llama of ``MERGE_BENCH_SHAPE`` and two
+    copies of it plus small random task vectors, in float32; write ``out_dir/merge.json``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from posttrain.core.models import count_parameters
+    from posttrain.core.profiles import run_environment
+
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    torch.manual_seed(0)
+    config = LlamaConfig(**MERGE_BENCH_SHAPE, num_attention_heads=12, num_key_value_heads=4, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(work / "base")
+    base = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    for name in ("ft1", "ft2"):
+        with torch.no_grad():
+            for key, tensor in model.state_dict().items():
+                tensor.copy_(base[key] + 1e-3 * torch.randn_like(tensor))
+        model.save_pretrained(work / name)
+    parameters = count_parameters(model)
+    del model, base
+    runs = {}
+    for how in ("streaming", "naive"):
+        done = subprocess.run([sys.executable, "-c", _MERGE_CHILD, str(work), how], check=True, capture_output=True)
+        runs[how] = {k: round(v, 1) for k, v in json.loads(done.stdout.decode().splitlines()[-1]).items()}
+    checkpoint_mb = sum(f.stat().st_size for f in (work / "base").glob("*.safetensors")) / 2**20
+    report = {
+        "environment": run_environment(),
+        "parameters": parameters,
+        "checkpoint_mb": round(checkpoint_mb, 1),
+        "merge": "ties, density 0.5, two fine-tunes into their base, float32",
+        **runs,
+        "streaming_over_naive_peak": round(runs["streaming"]["peak_rss_mb"] / runs["naive"]["peak_rss_mb"], 3),
+    }
+    shutil.rmtree(work, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "merge.json").write_text(json.dumps(report, indent=1) + "\n")
     return report

@@ -163,6 +163,7 @@ MERGES = [
 
 @pytest.mark.parametrize("merge", MERGES, ids=lambda m: m.method)
 def test_streaming_merge_equals_the_in_memory_merge(checkpoints, tmp_path, merge):
+    before = {name: (checkpoints[name] / "model.safetensors").read_bytes() for name in checkpoints}
     out = merge_checkpoints(checkpoints["base"], [checkpoints["ft1"], checkpoints["ft2"]], merge, tmp_path / "out")
     expected = merge_state_dicts(
         _state(checkpoints["base"]), [_state(checkpoints["ft1"]), _state(checkpoints["ft2"])], merge
@@ -171,6 +172,8 @@ def test_streaming_merge_equals_the_in_memory_merge(checkpoints, tmp_path, merge
     assert got.keys() == expected.keys()
     for name in expected:
         assert torch.equal(got[name], expected[name]), name
+    for name, content in before.items():  # the result is written over the base's tensors in memory, not on disk
+        assert (checkpoints[name] / "model.safetensors").read_bytes() == content, name
 
 
 def test_streaming_merge_writes_a_sharded_checkpoint_that_loads(checkpoints, tmp_path):

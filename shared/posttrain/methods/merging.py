@@ -42,9 +42,6 @@ from typing import Literal
 import torch
 import yaml
 from safetensors import safe_open
-from safetensors.torch import save_file
-
-from ..core.models import resolve_model
 
 Sparsify = Literal["none", "magnitude", "random"]
 Consensus = Literal["none", "ties"]
@@ -143,26 +140,44 @@ def _check_shapes(name: str, base_shape: torch.Size, shape: torch.Size, label: s
     raise ValueError(f"tensor {name!r} has shape {tuple(shape)} in {label} but {tuple(base_shape)} in the base.{hint}")
 
 
-def magnitude_trim(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """TIES's *trim* step: keep the ``int(density · numel)`` entries of largest magnitude, zero the rest
-    (Yadav et al. 2023, arXiv:2306.01708, §3, step 1)."""
-    if density >= 1.0:
-        return delta
+def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Which entries TIES's *trim* keeps: those whose magnitude is at least the k-th largest, k = ``int(density ·
+    numel)`` (entries tied with the k-th are all kept, as with the threshold of the paper's code)."""
     keep = int(density * delta.numel())
-    flat = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
-    top = delta.abs().flatten().topk(keep).indices
-    flat[top] = delta.flatten()[top]
-    return flat.view_as(delta)
+    if keep >= delta.numel():
+        return torch.ones_like(delta, dtype=torch.bool)
+    if keep == 0:
+        return torch.zeros_like(delta, dtype=torch.bool)
+    threshold = _kth_largest(delta.abs(), keep)
+    return (delta >= threshold) | (delta <= -threshold)  # |δ| ≥ t without another float copy of δ
 
 
-def dare_drop(delta: torch.Tensor, density: float, generator: torch.Generator, rescale: bool = True) -> torch.Tensor:
+def _kth_largest(values: torch.Tensor, k: int) -> float:
+    """The k-th largest entry of ``values`` (which it may reorder). On the CPU numpy's in-place partition needs no
+    extra memory, where ``kthvalue`` needs three copies: what keeps a streaming merge of a large embedding small."""
+    flat = values.flatten()
+    if flat.device.type == "cpu" and flat.dtype == torch.float32:
+        array = flat.numpy()
+        array.partition(flat.numel() - k)
+        return float(array[flat.numel() - k])
+    return float(flat.kthvalue(flat.numel() - k + 1).values)
+
+
+def magnitude_trim(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """TIES's *trim* step: keep the top ``density`` fraction of entries by magnitude, zero the rest (Yadav et al.
+    2023, arXiv:2306.01708, §3, step 1; ``magnitude_mask``)."""
+    return delta if density >= 1.0 else delta * magnitude_mask(delta, density)
+
+
+def dare_mask(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
+    """Which entries DARE keeps: each independently with probability ``density`` = 1 − p."""
+    return torch.rand(delta.shape, generator=generator, device=generator.device).to(delta.device) < density
+
+
+def dare_drop(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
     """DARE: drop each entry with probability p = 1 − ``density`` and rescale the kept ones by 1 / (1 − p), so
     that the expected task vector is unchanged (Yu et al. 2023, arXiv:2311.03099, eq. 2)."""
-    if density >= 1.0:
-        return delta
-    keep = torch.rand(delta.shape, generator=generator, device=generator.device) < density
-    kept = delta * keep.to(delta.device)
-    return kept / density if rescale else kept
+    return delta if density >= 1.0 else delta * dare_mask(delta, density, generator) / density
 
 
 def elect_sign(deltas: torch.Tensor) -> torch.Tensor:
@@ -186,30 +201,52 @@ def disjoint_mean(deltas: torch.Tensor, mask: torch.Tensor, weights: torch.Tenso
 
 
 def merge_tensor(
-    base: torch.Tensor, finetuned: Sequence[torch.Tensor], merge: Merge, seed: int | None = None
+    base: torch.Tensor,
+    finetuned: Sequence[torch.Tensor],
+    merge: Merge,
+    seed: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One tensor through the pipeline of the module docstring: θ_base + λ · combine(consensus(w_i · sparsify(τ_i))),
-    returned in ``base``'s dtype. ``seed`` seeds DARE's masks (default ``merge.seed``)."""
+    returned in ``base``'s dtype. ``seed`` seeds DARE's masks (default ``merge.seed``). The result goes to ``out``
+    when given, which may be ``base`` itself (overwritten block by block after each block is read); otherwise no
+    input is modified.
+
+    Memory: the task vectors are built in one (n, ...) float32 buffer, each ``finetuned[i]`` read once (a lazy
+    sequence can load it there), sparsified in place, and the elementwise steps run over blocks of rows.
+    """
     settings = merge.settings
     weights, densities = merge.for_models(len(finetuned))
-    deltas = []
-    for i, (tensor, density) in enumerate(zip(finetuned, densities, strict=True)):
-        delta = tensor.float() - base.float()
-        if settings.sparsify == "magnitude":
-            delta = magnitude_trim(delta, density)
-        elif settings.sparsify == "random":
-            generator = torch.Generator(device=delta.device).manual_seed(_mix(merge.seed if seed is None else seed, i))
-            delta = dare_drop(delta, density, generator)
-        deltas.append(delta)
-    stacked = torch.stack(deltas)
-    w = torch.tensor(weights, dtype=stacked.dtype, device=stacked.device).view(-1, *([1] * base.dim()))
-    weighted = stacked * w
-    if settings.consensus == "ties":
-        mask = agreement_mask(weighted, elect_sign(weighted))
-    else:
-        mask = torch.ones_like(weighted, dtype=torch.bool)
-    combined = disjoint_mean(weighted, mask, w) if settings.normalize else (weighted * mask).sum(dim=0)
-    return (base.float() + merge.scale * combined).to(base.dtype)
+    deltas = torch.empty((len(finetuned), *base.shape), dtype=torch.float32, device=base.device)
+    for i, density in enumerate(densities):
+        torch.sub(finetuned[i].float(), base.float(), out=deltas[i])
+        if settings.sparsify == "magnitude" and density < 1.0:
+            deltas[i].mul_(magnitude_mask(deltas[i], density))
+        elif settings.sparsify == "random" and density < 1.0:
+            generator = torch.Generator(device=deltas.device).manual_seed(_mix(merge.seed if seed is None else seed, i))
+            deltas[i].mul_(dare_mask(deltas[i], density, generator)).div_(density)
+    w = torch.tensor(weights, dtype=torch.float32, device=deltas.device).view(-1, *([1] * base.dim()))
+    deltas.mul_(w)
+    total = sum(weights)  # the linear mean's divisor; a zero sum (e.g. τ_B − τ_A) is left undivided, as mergekit
+    divisor = total if settings.normalize and abs(total) >= 1e-8 else 1.0
+    merged = torch.empty_like(base) if out is None else out
+    for rows in _row_blocks(base):
+        block = deltas[:, rows]
+        if settings.consensus == "ties":
+            mask = agreement_mask(block, elect_sign(block))
+            combined = disjoint_mean(block, mask, w) if settings.normalize else (block * mask).sum(dim=0)
+        else:
+            combined = block.sum(dim=0) / divisor
+        merged[rows] = (base[rows].float() + merge.scale * combined).to(base.dtype)
+    return merged
+
+
+def _row_blocks(tensor: torch.Tensor, entries: int = 2**21) -> list[slice | type(Ellipsis)]:
+    """Slices of ``tensor``'s first dimension of about ``entries`` entries each (``...``, all of it, for a 0-d one)."""
+    if tensor.dim() == 0:
+        return [...]
+    rows = max(1, entries // max(1, tensor[0].numel()))
+    return [slice(start, start + rows) for start in range(0, tensor.shape[0], rows)]
 
 
 def _mix(*parts: int | str) -> int:
@@ -249,12 +286,25 @@ def add_task_vector(model: torch.nn.Module, vector: Mapping[str, torch.Tensor], 
 
 # --------------------------------------------------------------------------- checkpoints on disk, streamed
 WEIGHTS_INDEX = "model.safetensors.index.json"
+_TORCH_DTYPES = {
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 WEIGHTS_FILE = "model.safetensors"
 
 
 class Checkpoint:
-    """The tensors of an HF-format folder (``model.safetensors`` or a sharded index), read one at a time from the
-    memory-mapped files, never all at once."""
+    """The tensors of an HF-format folder (``model.safetensors`` or a sharded index), read one at a time.
+
+    Each read opens its shard and closes it again, so that no file stays memory-mapped: the pages a mapping has
+    read count as the process's resident memory until it is unmapped."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -270,22 +320,34 @@ class Checkpoint:
                 "save_pretrained(..., safe_serialization=True)"
             )
         self.weight_map: dict[str, str] = weight_map
-        self._files: dict[str, object] = {}
+        self.shapes: dict[str, torch.Size] = {}
+        self.dtypes: dict[str, torch.dtype] = {}
+        for shard in sorted(set(weight_map.values())):
+            with safe_open(self.folder / shard, framework="pt") as f:
+                for name in f.keys():
+                    piece = f.get_slice(name)
+                    self.shapes[name] = torch.Size(piece.get_shape())
+                    self.dtypes[name] = _TORCH_DTYPES[piece.get_dtype()]
 
     def names(self) -> list[str]:
         return list(self.weight_map)
 
-    def shape(self, name: str) -> torch.Size:
-        return torch.Size(self._file(name).get_slice(name).get_shape())
-
     def tensor(self, name: str) -> torch.Tensor:
-        return self._file(name).get_tensor(name)
+        with safe_open(self.folder / self.weight_map[name], framework="pt") as f:
+            return f.get_tensor(name)
 
-    def _file(self, name: str):
-        shard = self.weight_map[name]
-        if shard not in self._files:
-            self._files[shard] = safe_open(self.folder / shard, framework="pt")
-        return self._files[shard]
+
+class _Reads(Sequence[torch.Tensor]):
+    """The tensor ``name`` of each checkpoint, read from disk when indexed (``merge_tensor`` reads each once)."""
+
+    def __init__(self, checkpoints: Sequence[Checkpoint], name: str):
+        self.checkpoints, self.name = checkpoints, name
+
+    def __len__(self) -> int:
+        return len(self.checkpoints)
+
+    def __getitem__(self, i):
+        return self.checkpoints[i].tensor(self.name)
 
 
 def merge_checkpoints(
@@ -295,44 +357,41 @@ def merge_checkpoints(
     out: Path,
     dtype: torch.dtype | None = None,
     config_source: Path | None = None,
-    shard_bytes: int = 256 * 2**20,
+    shard_bytes: int = 2**30,
 ) -> Path:
-    """Merge HF-format checkpoints tensor by tensor, streaming: each step reads one tensor of each input from its
-    memory-mapped safetensors file, merges it (``merge_tensor``, seeded per tensor name as ``merge_state_dicts``,
-    so both give the same tensors) and appends it to an output shard of at most ``shard_bytes``.
+    """Merge HF-format checkpoints tensor by tensor, streaming: each step reads one tensor of the base and then one
+    of each fine-tuned model, merges them (``merge_tensor``, seeded per tensor name as in ``merge_state_dicts``, so
+    both give the same tensors) and appends the result to its output shard on disk.
 
-    ``out`` gets the shards, their index, and the config and tokenizer files of ``config_source`` (default
-    ``base``). ``dtype`` is the output dtype (default: each tensor's dtype in ``base``). Returns ``out``.
+    ``out`` gets shards of at most ``shard_bytes`` (one ``model.safetensors`` when it fits), their index, and the
+    config and tokenizer files of ``config_source`` (default ``base``). ``dtype`` is the output dtype (default:
+    each tensor's dtype in ``base``). Returns ``out``.
     """
-    inputs = [Checkpoint(folder) for folder in finetuned]
-    reference = Checkpoint(base)
-    for i, checkpoint in enumerate(inputs):
+    reference, inputs = Checkpoint(base), [Checkpoint(folder) for folder in finetuned]
+    for folder, checkpoint in zip(finetuned, inputs, strict=True):
         missing = sorted(set(reference.names()) - set(checkpoint.names()))
         if missing:
-            raise ValueError(f"{finetuned[i]} lacks tensors of the base {base}: {missing[:5]}")
+            raise ValueError(f"{folder} lacks tensors of the base {base}: {missing[:5]}")
         for name in reference.names():
-            _check_shapes(name, reference.shape(name), checkpoint.shape(name), str(finetuned[i]))
+            _check_shapes(name, reference.shapes[name], checkpoint.shapes[name], str(folder))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size, weight_map, written = 0, {}, []
-    for name in reference.names():
-        tensor = merge_tensor(
-            reference.tensor(name), [c.tensor(name) for c in inputs], merge, seed=_mix(merge.seed, name)
-        )
-        tensor = tensor.to(dtype or tensor.dtype).contiguous()
-        if size and size + tensor.nbytes > shard_bytes:
-            written.append(_write_shard(out, shards[-1], len(written)))
-            shards[-1], size = {}, 0
-        shards[-1][name] = tensor
-        size += tensor.nbytes
-    written.append(_write_shard(out, shards[-1], len(written)))
-    for shard_name, names in written:
-        weight_map |= dict.fromkeys(names, shard_name)
-    if len(written) == 1:
-        (out / written[0][0]).rename(out / WEIGHTS_FILE)
+    dtypes = {name: dtype or reference.dtypes[name] for name in reference.names()}
+    shards = _plan_shards(reference.shapes, dtypes, shard_bytes)
+    for shard, names in shards.items():
+        with SafetensorsWriter(out / shard, {n: (reference.shapes[n], dtypes[n]) for n in names}) as writer:
+            for name in names:
+                # The base's tensor is read for this merge only, so it can hold the result (safetensors maps the
+                # file copy-on-write, so the file is not touched); it is let go before the next tensor is read.
+                merged = reference.tensor(name)
+                merge_tensor(merged, _Reads(inputs, name), merge, seed=_mix(merge.seed, name), out=merged)
+                writer.write(name, merged.to(dtypes[name]))
+                del merged
+    if len(shards) == 1:
+        (out / next(iter(shards))).rename(out / WEIGHTS_FILE)
     else:
-        total = sum(reference.shape(n).numel() for n in weight_map)
+        weight_map = {name: shard for shard, names in shards.items() for name in names}
+        total = sum(reference.shapes[n].numel() for n in weight_map)
         (out / WEIGHTS_INDEX).write_text(
             json.dumps({"metadata": {"total_parameters": total}, "weight_map": weight_map})
         )
@@ -340,10 +399,62 @@ def merge_checkpoints(
     return out
 
 
-def _write_shard(out: Path, tensors: dict[str, torch.Tensor], index: int) -> tuple[str, list[str]]:
-    name = f"model-{index + 1:05d}.safetensors"
-    save_file(tensors, out / name, metadata={"format": "pt"})
-    return name, list(tensors)
+def _plan_shards(shapes: dict[str, torch.Size], dtypes: dict[str, torch.dtype], shard_bytes: int) -> dict[str, list]:
+    """Tensor names grouped into shards of at most ``shard_bytes`` (a larger tensor gets a shard of its own), in
+    order, as ``{"model-00001-of-0000N.safetensors": [names]}``."""
+    groups, size = [[]], 0
+    for name, shape in shapes.items():
+        nbytes = shape.numel() * dtypes[name].itemsize
+        if groups[-1] and size + nbytes > shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += nbytes
+    return {f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors": names for i, names in enumerate(groups)}
+
+
+SAFETENSORS_DTYPES = {dtype: code for code, dtype in _TORCH_DTYPES.items() if dtype.is_floating_point}
+
+
+class SafetensorsWriter:
+    """Writes a safetensors file one tensor at a time: the header (names, dtypes, shapes, offsets) is known in
+    advance, so no tensor waits in memory for the others (the ``safetensors`` library writes whole dicts only).
+    The tensors must come in the header's order; closing checks that all came."""
+
+    def __init__(self, path: Path, layout: dict[str, tuple[torch.Size, torch.dtype]]):
+        header, offset = {}, 0
+        for name, (shape, dtype) in layout.items():
+            if dtype not in SAFETENSORS_DTYPES:
+                raise ValueError(f"tensor {name!r} has dtype {dtype}; a merge writes {list(SAFETENSORS_DTYPES)}")
+            nbytes = shape.numel() * dtype.itemsize
+            header[name] = {
+                "dtype": SAFETENSORS_DTYPES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
+            offset += nbytes
+        encoded = json.dumps({"__metadata__": {"format": "pt"}, **header}, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+        self.order = list(layout)
+        self.layout = layout
+        self.file = open(path, "wb")
+        self.file.write(len(encoded).to_bytes(8, "little") + encoded)
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        expected = self.order.pop(0) if self.order else None
+        if name != expected or (tensor.shape, tensor.dtype) != self.layout[name]:
+            raise ValueError(
+                f"wrote {name!r} {tuple(tensor.shape)} {tensor.dtype}; the header expects {expected!r} next"
+            )
+        self.file.write(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().data)  # no copy
+
+    def __enter__(self) -> SafetensorsWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+        if exc[0] is None and self.order:
+            raise ValueError(f"the file was closed before its tensors {self.order[:5]} were written")
 
 
 def _copy_configs(source: Path, out: Path) -> None:
@@ -461,6 +572,8 @@ def parse_config(text: str) -> MergeConfig:
 def _local_folder(reference: str, relative_to: Path) -> Path:
     """A model reference as a local folder: a tiny-world name, a path (relative to the config file's folder), or a
     hub id, downloaded (weights and configs only)."""
+    from ..core.models import resolve_model  # here: the core's model loading costs 130 MB of imports a merge avoids
+
     candidate = relative_to / reference
     if candidate.is_dir():
         return candidate
