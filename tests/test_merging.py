@@ -68,11 +68,14 @@ def test_ties_elects_the_sign_of_the_total_mass_and_averages_the_agreeing_entrie
     torch.testing.assert_close(sign, torch.tensor([1.0, 1.0, -1.0, -1.0]))
     mask = agreement_mask(deltas, sign)
     assert mask.tolist() == [[True, False, False, False], [True, True, True, True], [False, True, False, True]]
-    merged = disjoint_mean(deltas, mask, torch.ones(3, 1))
+    merged = disjoint_mean(deltas, sign, torch.ones(3, 1))
     torch.testing.assert_close(merged, torch.tensor([0.45, 0.35, -0.1, -0.25]))
+    # weighted: Σ_agree w τ / Σ_agree w, the deltas already weighted (mergekit's normalised TIES)
+    w = torch.tensor([[2.0], [1.0], [1.0]])
+    torch.testing.assert_close(disjoint_mean(deltas * w, elect_sign(deltas * w), w)[0], torch.tensor((1.0 + 0.4) / 3))
     # an entry no task vector moves stays at 0 (not 0 / 0)
     zero = torch.zeros(2, 1)
-    torch.testing.assert_close(disjoint_mean(zero, agreement_mask(zero, elect_sign(zero)), torch.ones(2, 1)), zero[0])
+    torch.testing.assert_close(disjoint_mean(zero, elect_sign(zero), torch.ones(2, 1)), zero[0])
 
 
 def test_ties_merge_is_trim_elect_disjoint_mean_then_lambda():

@@ -34,7 +34,7 @@ import copy
 import json
 import shutil
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -191,13 +191,28 @@ def agreement_mask(deltas: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
     return deltas.sign() == sign
 
 
-def disjoint_mean(deltas: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """TIES's *disjoint merge*: per entry, the (weighted) mean over the task vectors kept by ``mask``, 0 where none is
-    kept (Yadav et al. 2023, §3, step 3: τ_m = Σ_{t∈A} τ̂_t / |A|). ``deltas`` are already weighted, (n, ...);
-    ``weights`` (n, 1, ..., 1)."""
+def disjoint_mean(deltas: torch.Tensor, sign: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """TIES's *disjoint merge*: per entry, the weighted mean over the task vectors whose entry agrees with the elected
+    ``sign``, 0 where none does (Yadav et al. 2023, §3, step 3: τ_m = Σ_{t∈A} τ̂_t / |A| with all weights 1).
+    ``deltas`` (n, ...) are already weighted (w_i τ̂_i); ``weights`` (n, 1, ..., 1): Σ_{t∈A} w_t τ̂_t / Σ_{t∈A} w_t."""
+    mask = agreement_mask(deltas, sign)
     divisor = (weights * mask).sum(dim=0)
     divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
     return (deltas * mask).sum(dim=0) / divisor
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The pipeline's steps that a lab's students write (``magnitude_trim``, ``dare_drop``, ``elect_sign``,
+    ``disjoint_mean``): ``merge_tensor`` calls these, so a merge can run on their versions."""
+
+    trim: Callable[[torch.Tensor, float], torch.Tensor] = magnitude_trim
+    drop: Callable[[torch.Tensor, float, torch.Generator], torch.Tensor] = dare_drop
+    elect: Callable[[torch.Tensor], torch.Tensor] = elect_sign
+    disjoint_mean: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = disjoint_mean
+
+
+PAPER_STEPS = Steps()
 
 
 def merge_tensor(
@@ -206,14 +221,16 @@ def merge_tensor(
     merge: Merge,
     seed: int | None = None,
     out: torch.Tensor | None = None,
+    steps: Steps = PAPER_STEPS,
 ) -> torch.Tensor:
     """One tensor through the pipeline of the module docstring: θ_base + λ · combine(consensus(w_i · sparsify(τ_i))),
     returned in ``base``'s dtype. ``seed`` seeds DARE's masks (default ``merge.seed``). The result goes to ``out``
     when given, which may be ``base`` itself (overwritten block by block after each block is read); otherwise no
-    input is modified.
+    input is modified. ``steps`` are the sparsification and consensus functions (``Steps``).
 
     Memory: the task vectors are built in one (n, ...) float32 buffer, each ``finetuned[i]`` read once (a lazy
-    sequence can load it there), sparsified in place, and the elementwise steps run over blocks of rows.
+    sequence can load it there), and the consensus and mean run over blocks of rows: about four copies of the
+    tensor at the peak for two models.
     """
     settings = merge.settings
     weights, densities = merge.for_models(len(finetuned))
@@ -221,10 +238,10 @@ def merge_tensor(
     for i, density in enumerate(densities):
         torch.sub(finetuned[i].float(), base.float(), out=deltas[i])
         if settings.sparsify == "magnitude" and density < 1.0:
-            deltas[i].mul_(magnitude_mask(deltas[i], density))
+            deltas[i] = steps.trim(deltas[i], density)
         elif settings.sparsify == "random" and density < 1.0:
             generator = torch.Generator(device=deltas.device).manual_seed(_mix(merge.seed if seed is None else seed, i))
-            deltas[i].mul_(dare_mask(deltas[i], density, generator)).div_(density)
+            deltas[i] = steps.drop(deltas[i], density, generator)
     w = torch.tensor(weights, dtype=torch.float32, device=deltas.device).view(-1, *([1] * base.dim()))
     deltas.mul_(w)
     total = sum(weights)  # the linear mean's divisor; a zero sum (e.g. τ_B − τ_A) is left undivided, as mergekit
@@ -233,8 +250,12 @@ def merge_tensor(
     for rows in _row_blocks(base):
         block = deltas[:, rows]
         if settings.consensus == "ties":
-            mask = agreement_mask(block, elect_sign(block))
-            combined = disjoint_mean(block, mask, w) if settings.normalize else (block * mask).sum(dim=0)
+            sign = steps.elect(block)
+            combined = (
+                steps.disjoint_mean(block, sign, w)
+                if settings.normalize
+                else (block * agreement_mask(block, sign)).sum(dim=0)
+            )
         else:
             combined = block.sum(dim=0) / divisor
         merged[rows] = (base[rows].float() + merge.scale * combined).to(base.dtype)
@@ -255,22 +276,29 @@ def _mix(*parts: int | str) -> int:
 
 
 def merge_state_dicts(
-    base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, torch.Tensor]], merge: Merge
+    base: Mapping[str, torch.Tensor],
+    finetuned: Sequence[Mapping[str, torch.Tensor]],
+    merge: Merge,
+    steps: Steps = PAPER_STEPS,
 ) -> dict[str, torch.Tensor]:
     """Merge in memory: ``merge_tensor`` on every tensor of ``base`` (DARE seeded per tensor name)."""
     for i, state in enumerate(finetuned):
         _check_compatible(base, state, f"fine-tuned model {i}")
     return {
-        name: merge_tensor(tensor, [state[name] for state in finetuned], merge, seed=_mix(merge.seed, name))
+        name: merge_tensor(
+            tensor, [state[name] for state in finetuned], merge, seed=_mix(merge.seed, name), steps=steps
+        )
         for name, tensor in base.items()
     }
 
 
-def merge_models(base: torch.nn.Module, finetuned: Sequence[torch.nn.Module], merge: Merge) -> torch.nn.Module:
+def merge_models(
+    base: torch.nn.Module, finetuned: Sequence[torch.nn.Module], merge: Merge, steps: Steps = PAPER_STEPS
+) -> torch.nn.Module:
     """A new model: a copy of ``base`` whose weights are the merge of ``finetuned`` onto ``base``."""
     merged = copy.deepcopy(base)
     states = [model.state_dict() for model in finetuned]
-    merged.load_state_dict(merge_state_dicts(base.state_dict(), states, merge))
+    merged.load_state_dict(merge_state_dicts(base.state_dict(), states, merge, steps))
     return merged
 
 

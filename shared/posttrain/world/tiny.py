@@ -381,11 +381,12 @@ class World:
         return items
 
     def _arithmetic_items(self, operator: str, rng: random.Random) -> list[Item]:
+        """One item per one-digit pair: ``plus`` and ``times`` (from 1) every pair, ``minus`` the pairs a ≥ b."""
         items = []
         low = 1 if operator == "times" else 0
         for a in range(low, 10):
-            for b in range(low, 10):
-                value = a * b if operator == "times" else a + b
+            for b in range(low, a + 1 if operator == "minus" else 10):
+                value = {"plus": a + b, "times": a * b, "minus": a - b}[operator]
                 wrong = rng.sample([str(v) for v in range(100) if v != value and abs(v - value) < 20], 3)
                 items.append(self._with_choices(operator, f"what is {a} {operator} {b} ?", [str(value), *wrong], rng))
         return items
@@ -472,6 +473,8 @@ class World:
         """A task unlike anything the chat model was trained on.
 
         - ``multiplication``: the one-digit times table, a new operator in the addition template (narrow).
+        - ``subtraction``: "what is 7 minus 3 ?" for one-digit a ≥ b, another new operator in the same template
+          (the word ``minus`` is in the vocabulary, in no training text): Lab 05's second arithmetic task.
         - ``new_facts``: chat questions about ``new_people`` no model has read about (broad knowledge
           injection: 3 facts x 48 people, each needing its own key-value binding).
         - ``verbose_facts``: the same questions, whose training references are long-form sentences
@@ -481,13 +484,15 @@ class World:
         rng = random.Random(self.spec.seed * 1000 + 11)
         if name == "multiplication":
             return self._arithmetic_items("times", rng)
+        if name == "subtraction":
+            return self._arithmetic_items("minus", rng)
         if name in ("new_facts", "verbose_facts"):
             return self.fact_items(self.new_people, name, rng)
         raise ValueError(f"unknown new task {name!r}; choose one of: {', '.join(self.new_task_names())}")
 
     @staticmethod
     def new_task_names() -> tuple[str, ...]:
-        return ("multiplication", "new_facts", "verbose_facts")
+        return ("multiplication", "subtraction", "new_facts", "verbose_facts")
 
     @staticmethod
     def plain_answer(item: Item) -> str:
