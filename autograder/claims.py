@@ -448,7 +448,109 @@ LAB04 = [
     ),
 ]
 
-CLAIMS: dict[str, list[Claim]] = {"01": LAB01, "02": LAB02, "03": LAB03, "04": LAB04}
+# --- Lab 05: task vectors and merging (posttrain.studies.task_vectors_and_merging.run) ------------------------------
+
+
+def _lab05_negated(results: dict) -> dict[str, float]:
+    return results["negation"][str(results["plan"]["negation_scale"])]
+
+
+def _lab05_others_move(results: dict) -> float:
+    """The largest move of any skill other than the negated one, tiny-chat → θ_chat − λ τ."""
+    before, after = results["negation"]["0"], _lab05_negated(results)
+    skill = results["plan"]["negated_skill"]
+    return max(abs(after[name] - before[name]) for name in before if name != skill)
+
+
+def _lab05_best_sparse_merge(results: dict) -> float:
+    rows = results["merging"]
+    return max(rows[label]["task_mean"] for label in ("TIES", "DARE + task arithmetic", "DARE + TIES"))
+
+
+def _lab05_safety_margin(row: dict, finetuned: dict) -> float:
+    """How far one safety-merge row is inside "refusal >= 0.8 and >= 0.8 of the fine-tune's new task"."""
+    return min(row["accuracy"]["refusal"] - 0.8, row["accuracy"]["multiplication"] - 0.8 * finetuned["multiplication"])
+
+
+def lab05_safety_choice(results: dict) -> tuple[str, dict]:
+    """The linear safety merge with the largest weight that restores refusal to >= 0.8 (the most of the new task kept
+    with safety back), as (weight, row); the weight 0 (tiny-chat itself) when none does."""
+    rows = results["safety"]["linear"]
+    restored = [w for w, row in rows.items() if row["accuracy"]["refusal"] >= 0.8]
+    weight = max(restored, key=float, default="0.0")
+    return weight, rows[weight]
+
+
+def _lab05_analogy(results: dict) -> dict:
+    return results["analogy"]["B synthetic + 1.0 (A real - A synthetic)"]
+
+
+LAB05 = [
+    Claim(
+        "05",
+        "negation_removes_refusal",
+        "tiny-chat − λ τ_refusal (λ = plan's negation_scale) lowers refusal by >= 50 points",
+        lambda r: r["negation"]["0"][r["plan"]["negated_skill"]] - _lab05_negated(r)[r["plan"]["negated_skill"]] - 0.5,
+    ),
+    Claim(
+        "05",
+        "negation_keeps_other_skills",
+        "... while every other skill (the old skills and the three new tasks) moves <= 10 points",
+        lambda r: 0.10 - _lab05_others_move(r),
+    ),
+    Claim(
+        "05",
+        "sparse_merge_beats_average",
+        "the best of TIES / DARE beats plain averaging on the mean accuracy of the three merged tasks",
+        lambda r: _lab05_best_sparse_merge(r) - r["merging"]["average"]["task_mean"],
+        strict=True,
+    ),
+    Claim(
+        "05",
+        "chat_vector_restores_refusal",
+        "tiny-base-cpt + 1.0 chat vector refuses >= 40 points more than tiny-base-cpt",
+        lambda r: r["chat_vector"]["1.0"]["refusal"] - r["chat_vector"]["0.0"]["refusal"] - 0.4,
+    ),
+    Claim(
+        "05",
+        "chat_vector_answers_cpt_knowledge",
+        "... and answers chat questions about the CPT-only people better than tiny-chat and than tiny-base-cpt",
+        lambda r: (
+            r["chat_vector"]["1.0"]["cpt_facts_chat"]
+            - max(r["chat_vector"]["chat"]["cpt_facts_chat"], r["chat_vector"]["0.0"]["cpt_facts_chat"])
+        ),
+        strict=True,
+    ),
+    Claim(
+        "05",
+        "safety_merge_restores_refusal",
+        "some linear merge weight of Lab 01's fine-tune restores refusal to >= 0.8 and keeps >= 0.8 of its new task",
+        lambda r: max(_lab05_safety_margin(row, r["safety"]["finetuned"]) for row in r["safety"]["linear"].values()),
+    ),
+    Claim(
+        "05",
+        "safety_merge_still_forgets",
+        "at that weight an old skill still forgets >= 30 % of its items sample-wise (chance-adjusted, 1 → 0)",
+        lambda r: max(f["forgetting_adjusted"] for f in lab05_safety_choice(r)[1]["forgetting"].values()) - 0.3,
+    ),
+    Claim(
+        "05",
+        "analogy_helps_a_little",
+        "τ_B,syn + (τ_A,real − τ_A,syn) answers more real subtraction questions than τ_B,syn alone",
+        lambda r: _lab05_analogy(r)["subtraction"] - r["analogy"]["B synthetic"]["subtraction"],
+        strict=True,
+    ),
+    Claim(
+        "05",
+        "analogy_stays_weak",
+        "... but below half of them (the measured negative result: the gap vector does not transfer the style)",
+        lambda r: 0.5 - _lab05_analogy(r)["subtraction"],
+        strict=True,
+    ),
+]
+
+
+CLAIMS: dict[str, list[Claim]] = {"01": LAB01, "02": LAB02, "03": LAB03, "04": LAB04, "05": LAB05}
 
 
 def claim(lab: str, name: str) -> Claim:
@@ -509,6 +611,10 @@ def package_results(lab: str, seed: int) -> dict:
         from posttrain.studies.causal_tracing_and_rome import PLANS, run
 
         return run(resolve_profile("tiny"), PLANS["tiny"], seed)
+    if lab == "05":
+        from posttrain.studies.task_vectors_and_merging import PLANS, run
+
+        return run(resolve_profile("tiny"), PLANS["tiny"], seed)
     bench = lab_benchmark(lab, seed)
     if lab == "01":
         from posttrain.studies.finetune_and_forget import learning_rate_sweep
@@ -526,10 +632,15 @@ def package_results(lab: str, seed: int) -> dict:
     return summarize(profile, seed, PLANS["tiny"], before, materials, runs, theory_study(seed=seed))
 
 
+# Labs whose study and claims have landed before their solution notebook (issue #17: Lab 05's notebook is next).
+LABS_WITHOUT_NOTEBOOK = ("05",)
+
+
 def lab_results(lab: str, seed: int, work: Path) -> dict:
     """One seed's results of ``lab`` on the tiny profile: seed 0 executes the solution notebook in ``work`` and reads
-    its results JSON (``notebook_results``), every other seed runs ``package_results``."""
-    if seed != 0:
+    its results JSON (``notebook_results``), every other seed runs ``package_results``. A lab whose solution notebook
+    is not written yet (``LABS_WITHOUT_NOTEBOOK``) runs ``package_results`` for seed 0 too."""
+    if seed != 0 or lab in LABS_WITHOUT_NOTEBOOK:
         return package_results(lab, seed)
     _known_lab(lab)
     execute_solution(resolve_lab(REPO_ROOT, lab), work)

@@ -90,3 +90,24 @@ def test_counterfact_records_become_edit_cases(hub_loader):
     assert len(texts) == 4 and all(len(t) >= 100 and not t.startswith("=") for t in texts)
     with pytest.raises(ValueError, match="WikiText paragraphs"):
         load_wikitext(50, seed=0, loader=hub_loader)
+
+
+def test_lab05_chat_vector_runs_on_the_colab_code_path(tiny_qwen2_dir, hub_loader, tmp_path):
+    """Qwen2.5-0.5B, its Instruct model and Qwen2.5-Coder-0.5B in miniature: three tiny random Qwen2 checkpoints of
+    one architecture and tokenizer; the chat vector is added and scored on Lab 01's colab benchmark."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from posttrain.studies.task_vectors_and_merging import colab_chat_vector
+
+    folders = {"base": str(tiny_qwen2_dir)}
+    for i, role in enumerate(("chat", "cpt"), start=1):
+        model = AutoModelForCausalLM.from_pretrained(tiny_qwen2_dir)
+        torch.manual_seed(i)
+        model.load_state_dict({k: v + 0.01 * torch.randn_like(v) for k, v in model.state_dict().items()})
+        model.save_pretrained(tmp_path / role)
+        AutoTokenizer.from_pretrained(tiny_qwen2_dir).save_pretrained(tmp_path / role)
+        folders[role] = str(tmp_path / role)
+    rows = colab_chat_vector(folders, scales=(1.0,), n_per_skill=2, loader=hub_loader, device="cpu")
+    assert set(rows) == {"chat", "cpt", "cpt + 1.0 chat vector"}
+    assert set(rows["chat"]) == {"gsm8k", "json_open", "refusal_open", "chat"}
+    assert all(0.0 <= v <= 1.0 for row in rows.values() for v in row.values())
