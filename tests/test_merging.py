@@ -360,3 +360,16 @@ def test_mergekit_s_dare_rescales_to_the_l1_norm_ours_by_one_over_density(checkp
     our_kept = our_delta != 0
     torch.testing.assert_close(our_delta[our_kept], tau[our_kept] / 0.3, rtol=1e-5, atol=1e-6)
     assert abs(float(l1_scale) - 1 / 0.3) < 0.5  # the two rescalings agree in expectation, not entry by entry
+
+
+def test_the_chat_vector_adds_chat_minus_base_to_the_continued_pretraining():
+    base = {"w": torch.tensor([1.0, 1.0])}
+    chat = {"w": torch.tensor([2.0, 0.0])}
+    cpt = {"w": torch.tensor([1.5, 3.0])}
+    torch.testing.assert_close(merging.chat_vector(cpt, chat, base)["w"], torch.tensor([2.5, 2.0]))
+    torch.testing.assert_close(merging.chat_vector(cpt, chat, base, 0.5)["w"], torch.tensor([2.0, 2.5]))
+    # the same as task arithmetic with base θ_base and the models (θ_cpt, θ_chat) at weights (1, λ)
+    merged = merge_tensor(base["w"], [cpt["w"], chat["w"]], Merge(weights=(1.0, 0.5)))
+    torch.testing.assert_close(merged, torch.tensor([2.0, 2.5]))
+    with pytest.raises(ValueError, match="vocabularies differ"):
+        merging.chat_vector({"w": torch.zeros(3)}, chat, base)

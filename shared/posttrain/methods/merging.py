@@ -312,6 +312,21 @@ def add_task_vector(model: torch.nn.Module, vector: Mapping[str, torch.Tensor], 
     return merged
 
 
+def chat_vector(
+    cpt: Mapping[str, torch.Tensor],
+    chat: Mapping[str, torch.Tensor],
+    base: Mapping[str, torch.Tensor],
+    scale: float = 1.0,
+    vector: Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]], dict[str, torch.Tensor]] = task_vector,
+) -> dict[str, torch.Tensor]:
+    """The chat vector (Huang et al. 2024, arXiv:2310.04799, eq. 1): θ_cpt + λ (θ_chat − θ_base), a base model
+    continually pre-trained on new data given its chat model's instruction following without chat training.
+    ``vector`` computes θ_chat − θ_base (a lab passes its students' ``task_vector``)."""
+    tau = vector(chat, base)
+    _check_compatible(cpt, tau, "the chat vector")
+    return {name: (tensor.float() + scale * tau[name]).to(tensor.dtype) for name, tensor in cpt.items()}
+
+
 # --------------------------------------------------------------------------- checkpoints on disk, streamed
 WEIGHTS_INDEX = "model.safetensors.index.json"
 _TORCH_DTYPES = {

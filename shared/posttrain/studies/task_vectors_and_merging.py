@@ -6,7 +6,7 @@
    skills stay (the paper's "forgetting via negation").
 3. ``merging``: the three task vectors merged by plain averaging, task arithmetic, TIES (arXiv:2306.01708) and DARE
    (arXiv:2311.03099), each a setting of ``posttrain.methods.merging``'s one pipeline.
-4. ``chat_vector``: tiny-base-cpt + λ (tiny-chat − tiny-base) over λ (Huang et al. 2024, arXiv:2310.04799): chat
+4. ``chat_vector_sweep``: tiny-base-cpt + λ (tiny-chat − tiny-base) over λ (Huang et al. 2024, arXiv:2310.04799): chat
    behaviour and refusals from the vector, knowledge only continued pre-training taught.
 5. ``safety_merge``: Lab 01's fine-tune (it loses refusal) merged back toward tiny-chat over the merge weight,
    linearly and TIES-trimmed (the idea of Safeguard, arXiv:2412.19512), with Lab 01's sample-wise forgetting
@@ -34,13 +34,14 @@ from ..core.forgetting import K_OPTIONS
 from ..core.models import load_model
 from ..core.profiles import PROFILES, Profile, run_environment, seed_everything
 from ..core.train import TrainConfig, train
-from ..methods.merging import PAPER_STEPS, Merge, Steps, add_task_vector, merge_state_dicts, task_vector
+from ..methods.merging import PAPER_STEPS, Merge, Steps, add_task_vector, chat_vector, merge_state_dicts, task_vector
 from ..world.benchmarks import forgetting_benchmark
 from ..world.hub import Loader
 from ..world.tiny import World
 
 State = dict[str, torch.Tensor]
 TaskVector = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]], State]
+ChatVector = Callable[[State, State, State, float], State]
 OLD_SKILLS = ("fact", "json", "refusal", "howto", "addition", "chat")
 
 
@@ -182,17 +183,15 @@ def merging(
     return rows
 
 
-def chat_vector(
-    score: Scorer, base: State, chat: State, cpt: State, scales: Sequence[float], vector: TaskVector = task_vector
+def chat_vector_sweep(
+    score: Scorer, base: State, chat: State, cpt: State, scales: Sequence[float], combine: ChatVector = chat_vector
 ) -> dict[str, dict[str, float]]:
-    """θ_cpt + λ (θ_chat − θ_base) for each λ of ``scales`` (Huang et al. 2024, eq. 1), beside tiny-chat and the
-    CPT base (λ = 0). Keys ``"chat"`` and ``"0"``, ``"0.25"``, ..."""
-    tau = vector(chat, base)
-    model, skills = score.model, list(score.items)
+    """θ_cpt + λ (θ_chat − θ_base) for each λ of ``scales`` (``combine``: ``merging.chat_vector`` or a student's),
+    beside tiny-chat; λ = 0 is the CPT base itself. Keys ``"chat"`` and ``"0.0"``, ``"0.25"``, ..."""
+    skills = list(score.items)
     rows = {"chat": score(chat, skills)}
     for scale in scales:
-        model.load_state_dict(cpt)
-        rows[str(scale)] = score(add_task_vector(model, tau, scale).state_dict(), skills)
+        rows[str(scale)] = score(combine(cpt, chat, base, scale), skills)
     return rows
 
 
@@ -264,8 +263,10 @@ def run(
     seed: int,
     steps: Steps = PAPER_STEPS,
     vector: TaskVector = task_vector,
+    combine: ChatVector = chat_vector,
 ) -> dict:
-    """Lab 05 on the tiny profile, end to end, with ``steps`` and ``vector`` (the package's, or a student's): the
+    """Lab 05 on the tiny profile, end to end, with ``steps``, ``vector`` and ``combine`` (the package's, or a
+    student's task vector, merge steps and chat vector): the
     task fine-tunes, negation, the merges, the chat vector, the safety merge and the analogy; ``summarize``'s
     results."""
     if profile.name != "tiny":
@@ -292,7 +293,7 @@ def run(
         "tasks": tasks,
         "negation": negation(score, chat, skill_tuned, plan.negation_scales, vector),
         "merging": merging(score, chat, tuned, plan, seed, steps),
-        "chat_vector": chat_vector(score, base, chat, cpt, plan.chat_vector_scales, vector),
+        "chat_vector": chat_vector_sweep(score, base, chat, cpt, plan.chat_vector_scales, combine),
         "safety": {"finetuned": score(lab01), **safety_merge(score, chat, lab01, plan, steps)},
         "analogy": analogy(model, tokenizer, score, chat, tuned["multiplication"], plan, seed),
     }
@@ -332,8 +333,7 @@ def colab_chat_vector(
         states[role] = state_of(model)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     score = Scorer(model.to(device), tokenizer, items)
-    tau = task_vector(states["chat"], states["base"])
     rows = {"chat": score(states["chat"]), "cpt": score(states["cpt"])}
     for scale in scales:
-        rows[f"cpt + {scale} chat vector"] = score({n: t + scale * tau[n] for n, t in states["cpt"].items()})
+        rows[f"cpt + {scale} chat vector"] = score(chat_vector(states["cpt"], states["chat"], states["base"], scale))
     return rows
