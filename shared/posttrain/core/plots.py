@@ -210,3 +210,18 @@ def sequential_curves(curve: list[dict], keys: list[str], title: str) -> plt.Fig
     fig.tight_layout()
     plt.show()
     return fig
+
+
+def sweep_curves(xs: list[float], series: dict[str, list[float]], xlabel: str, title: str) -> plt.Figure:
+    """Lab 05: each series (a skill's accuracy) against a swept merge weight (λ or α), on a 0–1 axis."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for label, values in series.items():
+        ax.plot(xs, values, "o-", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    plt.show()
+    return fig

@@ -195,20 +195,25 @@ def chat_vector_sweep(
     return rows
 
 
-def safety_merge(score: Scorer, chat: State, tuned: State, plan: Plan, steps: Steps = PAPER_STEPS) -> dict[str, dict]:
-    """Lab 01's fine-tune merged back toward tiny-chat: θ_chat + α τ over α (linear) and θ_chat + α trim(τ) (TIES's
-    trim of the one task vector, density ``safety_density``). For each: accuracies, and per-sample forgetting
-    (``sample_wise``, share of old items right before and wrong after, chance-adjusted) of tiny-chat → merged."""
+def safety_merge(
+    score: Scorer, chat: State, tuned: State, plan: Plan, steps: Steps = PAPER_STEPS, combine: ChatVector = chat_vector
+) -> dict[str, dict]:
+    """Lab 01's fine-tune merged back toward tiny-chat: θ_chat + α (θ_ft − θ_chat) over α (linear: the chat vector's
+    formula θ_a + λ (θ_b − θ_c) with a = c = tiny-chat, computed by ``combine``) and θ_chat + α trim(τ) (TIES's trim
+    of the one task vector, density ``safety_density``, through ``steps``). For each: accuracies, and per-sample
+    forgetting (``sample_wise``, share of old items right before and wrong after, chance-adjusted) of tiny-chat →
+    merged."""
     before = score.scores(chat)
+    ties = {weight: Merge("ties", densities=(plan.safety_density,), scale=weight) for weight in plan.safety_weights}
     merges = {
-        "linear": lambda a: Merge("task_arithmetic", scale=a),
-        "TIES": lambda a: Merge("ties", densities=(plan.safety_density,), scale=a),
+        "linear": lambda weight: combine(chat, tuned, chat, weight),
+        "TIES": lambda weight: merge_state_dicts(chat, [tuned], ties[weight], steps),
     }
     rows: dict[str, dict] = {}
-    for kind, make in merges.items():
+    for kind, merged in merges.items():
         rows[kind] = {}
         for weight in tqdm(plan.safety_weights, desc=f"safety merge ({kind})"):
-            after = score.scores(merge_state_dicts(chat, [tuned], make(weight), steps))
+            after = score.scores(merged(weight))
             rows[kind][str(weight)] = {
                 "accuracy": {name: accuracy(c) for name, c in after.items()},
                 "forgetting": {
@@ -257,6 +262,37 @@ def analogy(
 
 
 # ----------------------------------------------------------------------------------------- the whole study
+@dataclass
+class Materials:
+    """What every experiment of a run shares: the scorer (holding the one model object), the three shipped models'
+    weights, the task fine-tunes, the negated skill's fine-tune and Lab 01's fine-tune."""
+
+    score: Scorer
+    chat: State
+    base: State
+    cpt: State
+    tuned: dict[str, State]
+    skill_tuned: State
+    lab01: State
+
+
+def prepare(plan: Plan, seed: int) -> Materials:
+    """Load the tiny world's models and train every fine-tune the experiments merge (tiny profile, CPU)."""
+    seed_everything(seed)
+    world = World()
+    model, tokenizer = load_model("tiny-chat", device="cpu", dtype=torch.float32)
+    items = skill_items(world, plan)
+    score = Scorer(model, tokenizer, items, default=[name for name in items if name != "cpt_facts_chat"])
+    chat = state_of(model)
+    base, cpt = (state_of(load_model(n, device="cpu", dtype=torch.float32)[0]) for n in ("tiny-base", "tiny-base-cpt"))
+    tuned = task_finetunes(model, tokenizer, chat, world, plan, seed)
+    pairs = [(item.prompt, item.answer) for item in world.skills[plan.negated_skill]]
+    skill_tuned = finetune(model, tokenizer, chat, pairs, plan.negation_steps, plan.negation_lr, plan.batch_size, seed)
+    pairs = [(item.prompt, item.answer) for item in world.new_task("multiplication")]
+    lab01 = finetune(model, tokenizer, chat, pairs, plan.safety_steps, plan.safety_lr, plan.batch_size, seed)
+    return Materials(score, chat, base, cpt, tuned, skill_tuned, lab01)
+
+
 def run(
     profile: Profile,
     plan: Plan,
@@ -266,36 +302,20 @@ def run(
     combine: ChatVector = chat_vector,
 ) -> dict:
     """Lab 05 on the tiny profile, end to end, with ``steps``, ``vector`` and ``combine`` (the package's, or a
-    student's task vector, merge steps and chat vector): the
-    task fine-tunes, negation, the merges, the chat vector, the safety merge and the analogy; ``summarize``'s
-    results."""
+    student's merge steps, task vector and chat vector), as the notebook runs it: ``prepare``, then negation, the
+    merges, the chat vector, the safety merge and the analogy; ``summarize``'s results."""
     if profile.name != "tiny":
         raise ValueError("Lab 05's full study runs on the tiny profile; on colab run colab_chat_vector")
-    seed_everything(seed)
     start = time.perf_counter()
-    world = World()
-    model, tokenizer = load_model("tiny-chat", device="cpu", dtype=torch.float32)
-    items = skill_items(world, plan)
-    score = Scorer(model, tokenizer, items, default=[name for name in items if name != "cpt_facts_chat"])
-    chat = state_of(model)
-    base, cpt = (
-        state_of(load_model(name, device="cpu", dtype=torch.float32)[0]) for name in ("tiny-base", "tiny-base-cpt")
-    )
-    tuned = task_finetunes(model, tokenizer, chat, world, plan, seed)
-    tasks = {task: score(state) for task, state in tuned.items()}
-    skill_pairs = [(item.prompt, item.answer) for item in world.skills[plan.negated_skill]]
-    skill_tuned = finetune(
-        model, tokenizer, chat, skill_pairs, plan.negation_steps, plan.negation_lr, plan.batch_size, seed
-    )
-    lab01_pairs = [(item.prompt, item.answer) for item in world.new_task("multiplication")]
-    lab01 = finetune(model, tokenizer, chat, lab01_pairs, plan.safety_steps, plan.safety_lr, plan.batch_size, seed)
+    m = prepare(plan, seed)
+    score = m.score
     results = {
-        "tasks": tasks,
-        "negation": negation(score, chat, skill_tuned, plan.negation_scales, vector),
-        "merging": merging(score, chat, tuned, plan, seed, steps),
-        "chat_vector": chat_vector_sweep(score, base, chat, cpt, plan.chat_vector_scales, combine),
-        "safety": {"finetuned": score(lab01), **safety_merge(score, chat, lab01, plan, steps)},
-        "analogy": analogy(model, tokenizer, score, chat, tuned["multiplication"], plan, seed),
+        "tasks": {task: score(state) for task, state in m.tuned.items()},
+        "negation": negation(score, m.chat, m.skill_tuned, plan.negation_scales, vector),
+        "merging": merging(score, m.chat, m.tuned, plan, seed, steps),
+        "chat_vector": chat_vector_sweep(score, m.base, m.chat, m.cpt, plan.chat_vector_scales, combine),
+        "safety": {"finetuned": score(m.lab01), **safety_merge(score, m.chat, m.lab01, plan, steps, combine)},
+        "analogy": analogy(score.model, score.tokenizer, score, m.chat, m.tuned["multiplication"], plan, seed),
     }
     return summarize(profile, seed, plan, results, time.perf_counter() - start)
 
