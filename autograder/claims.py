@@ -632,15 +632,10 @@ def package_results(lab: str, seed: int) -> dict:
     return summarize(profile, seed, PLANS["tiny"], before, materials, runs, theory_study(seed=seed))
 
 
-# Labs whose study and claims have landed before their solution notebook (issue #17: Lab 05's notebook is next).
-LABS_WITHOUT_NOTEBOOK = ("05",)
-
-
 def lab_results(lab: str, seed: int, work: Path) -> dict:
     """One seed's results of ``lab`` on the tiny profile: seed 0 executes the solution notebook in ``work`` and reads
-    its results JSON (``notebook_results``), every other seed runs ``package_results``. A lab whose solution notebook
-    is not written yet (``LABS_WITHOUT_NOTEBOOK``) runs ``package_results`` for seed 0 too."""
-    if seed != 0 or lab in LABS_WITHOUT_NOTEBOOK:
+    its results JSON (``notebook_results``), every other seed runs ``package_results``."""
+    if seed != 0:
         return package_results(lab, seed)
     _known_lab(lab)
     execute_solution(resolve_lab(REPO_ROOT, lab), work)

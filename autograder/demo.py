@@ -34,6 +34,7 @@ PARTIAL_ANSWERS = {
     "02_lora_and_regularization": ("task1_lora_forward", "task2_merge"),
     "03_replay_and_self_distillation": ("task4_reverse_kl", "task5_bhattacharyya"),
     "04_causal_tracing_and_rome": ("task1_trace_effects", "task2_n_gram_entropy"),
+    "05_task_vectors_and_merging": ("task1_task_vector", "task2_ties"),
 }
 # The grade each lab's sample class must get: the solution 100, the blank release 0, the partly solved notebook the
 # points of the tasks it solves.
@@ -46,6 +47,8 @@ PARTIAL_SCORES = {
     "03_replay_and_self_distillation": 50,
     # tasks 1 (20) and 2 (20); without the rank-one update of task 3 no edit is made, so tasks 4 and 5 fail with it
     "04_causal_tracing_and_rome": 40,
+    # tasks 1 (15) and 2 (25); without DARE (task 3) and the chat vector (task 4) the merges of tasks 5 and 6 fail
+    "05_task_vectors_and_merging": 40,
 }
 
 

@@ -1,6 +1,7 @@
-"""Lab 05 end to end, over three seeds, through ``posttrain.studies.task_vectors_and_merging.run`` (a seed changes
-the fine-tunes' batches and DARE's masks; the chat vector has no randomness). The solution notebook is not written
-yet (issue #17): when it lands, seed 0 becomes its executed ``results/05.json``, as in the other labs.
+"""Lab 05 end to end, over three seeds: seed 0 is the executed solution notebook (its ``results/05.json``, whose
+merges ran on the solution's own task vector, TIES, DARE and chat vector), seeds 1 and 2 run
+``posttrain.studies.task_vectors_and_merging.run`` (a seed changes the fine-tunes' batches and DARE's masks; the chat
+vector has no randomness).
 
 Claims of issue #17, defined once as margins in ``autograder.claims`` and asserted on the tiny profile
 (docs/labs/05_task_vectors_and_merging.md has the numbers):
@@ -16,13 +17,16 @@ from __future__ import annotations
 
 import pytest
 
-from autograder.claims import CLAIMS, claim, package_results
+from autograder.claims import CLAIMS, claim, notebook_results, package_results
+from autograder.demo import expected_scores
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", params=[0, 1, 2], ids=lambda s: f"seed{s}")
-def results(request) -> dict:
+def results(request, sample_class) -> dict:
+    if request.param == 0:  # the solution notebook, executed once: while its sample class is graded
+        return notebook_results("05", sample_class("05").notebook_results())
     return package_results("05", request.param)
 
 
@@ -65,3 +69,9 @@ def test_the_analogy_is_measured_and_weak(results):
 def test_every_claim_of_lab05_is_asserted_here():
     text = open(__file__).read()
     assert all(f'"{c.name}"' in text for c in CLAIMS["05"])
+
+
+def test_the_sample_class_gets_exact_grades_in_the_sandbox_on_two_workers(sample_class):
+    graded = sample_class("05")
+    assert graded.scores() == expected_scores(graded.lab)
+    assert {r.max_score for r in graded.results.values()} == {100}
