@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ..core.budget import LabBudget, TrainingRun
 from ..core.data import chat_example, text_example
 from ..core.evaluate import Item, accuracy, sample_wise, skill_scores
 from ..core.forgetting import K_OPTIONS
@@ -357,3 +358,23 @@ def colab_chat_vector(
     for scale in scales:
         rows[f"cpt + {scale} chat vector"] = score(chat_vector(states["cpt"], states["chat"], states["base"], scale))
     return rows
+
+
+def colab_budget(n_per_skill: int = 100, scales: Sequence[float] = (0.5, 1.0), max_new_tokens: int = 256) -> LabBudget:
+    """Lab 05 on a GPU: no training; ``colab_chat_vector`` scores 2 + ``len(scales)`` models of Qwen2.5-0.5B's shape,
+    one at a time in float32 (three state dicts wait on the CPU), on Lab 01's colab benchmark: GSM8K, JSON and refusal
+    prompts (``n_per_skill`` each) and the template probes (a third of them), each decoding up to ``max_new_tokens``.
+    Memory counts one sequence's forward pass as training would store it (an over-estimate for decoding)."""
+    scoring = TrainingRun(
+        "chat vector: scoring only (float32, no gradients)",
+        0,
+        1,
+        1,
+        max_new_tokens,
+        max_new_tokens,
+        trainable=0,
+        autocast=False,
+        optimizer=False,
+    )
+    prompts = 3 * n_per_skill + n_per_skill  # GSM8K, JSON, refusal, and the probes (every third of 3 skills)
+    return LabBudget("05_task_vectors_and_merging", (scoring,), (2 + len(scales)) * prompts * max_new_tokens)
