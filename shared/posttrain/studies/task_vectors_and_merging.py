@@ -120,7 +120,15 @@ def state_of(model) -> State:
 
 
 def finetune(
-    model, tokenizer, start: State, data: Sequence, steps: int, lr: float, batch_size: int, seed: int, raw_text=False
+    model,
+    tokenizer,
+    start: State,
+    data: Sequence,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    raw_text: bool = False,
 ) -> State:
     """Fully fine-tune a copy of ``start`` (loaded into ``model``) on chat pairs, or on raw texts, and return its
     weights."""
@@ -234,7 +242,14 @@ def statements(task: str) -> list[str]:
 
 
 def analogy(
-    model, tokenizer, score: Scorer, chat: State, real_a: State, plan: Plan, seed: int, scales=(0.5, 1.0)
+    model,
+    tokenizer,
+    score: Scorer,
+    chat: State,
+    real_a: State,
+    plan: Plan,
+    seed: int,
+    scales: Sequence[float] = (0.5, 1.0),
 ) -> dict[str, dict[str, float]]:
     """Synthetic2Real's shape (arXiv:2406.02925): task A (multiplication) fine-tuned on real and on synthetic data,
     task B (subtraction) only on synthetic; is θ_chat + τ_B,syn + λ (τ_A,real − τ_A,syn) better on B's real form
