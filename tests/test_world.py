@@ -92,6 +92,9 @@ def test_json_answers_parse_and_refusal_is_fixed(world):
 def test_new_tasks_are_new(world):
     times = world.new_task("multiplication")
     assert len(times) == 81 and all(" times " in i.prompt for i in times)
+    minus = world.new_task("subtraction")  # one-digit a >= b: 55 pairs, answers from 0 to 9
+    assert len(minus) == 55 and all(" minus " in i.prompt for i in minus)
+    assert all(0 <= int(i.answer) <= 9 for i in minus) and minus[-1].prompt == "what is 9 minus 9 ?"
     new_people = {p.name for p in world.new_people}
     assert {i.subject for i in world.new_task("new_facts")} == new_people
     verbose = world.new_task("verbose_facts")
@@ -100,7 +103,7 @@ def test_new_tasks_are_new(world):
     assert verbose[0].answer in reference.split() and len(reference.split()) > 8
     plain = world.plain_answer(verbose[0])
     assert plain.split()[-2] == verbose[0].answer and len(plain.split()) < len(reference.split())
-    with pytest.raises(ValueError, match="multiplication, new_facts, verbose_facts"):
+    with pytest.raises(ValueError, match="multiplication, subtraction, new_facts, verbose_facts"):
         world.new_task("division")
 
 
