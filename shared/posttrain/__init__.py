@@ -6,8 +6,8 @@ Four subpackages, one role each (docs/ARCHITECTURE.md has the rule and where a n
   checks). It imports nothing else of the package.
 - ``world``: the data the labs run on: the tiny world, its build and shipped models, the colab hub datasets and the
   benchmarks made from them. It imports ``core`` only.
-- ``methods``: one module per lecture concept (``lora``, ``regularize``, ``replay``, ``theory``, ``editing``). A method
-  takes its data as arguments and imports ``core`` only.
+- ``methods``: one module per lecture concept (``lora``, ``regularize``, ``replay``, ``theory``, ``editing``,
+  ``merging``). A method takes its data as arguments and imports ``core`` only.
 - ``studies``: one module per lab, named after it (``finetune_and_forget`` for Lab 01, ...): the lab's experiment,
   which brings the world's data to the methods. It imports ``core``, ``world`` and ``methods``, never another study.
 """
