@@ -472,13 +472,12 @@ def _lab05_safety_margin(row: dict, finetuned: dict) -> float:
     return min(row["accuracy"]["refusal"] - 0.8, row["accuracy"]["multiplication"] - 0.8 * finetuned["multiplication"])
 
 
-def lab05_safety_choice(results: dict) -> tuple[str, dict]:
-    """The linear safety merge with the largest weight that restores refusal to >= 0.8 (the most of the new task kept
-    with safety back), as (weight, row); the weight 0 (tiny-chat itself) when none does."""
+def _lab05_safety_choice(results: dict) -> dict:
+    """The linear safety-merge row at ``restoring_weight``: the largest weight that restores refusal to >= 0.8."""
+    from posttrain.studies.task_vectors_and_merging import restoring_weight
+
     rows = results["safety"]["linear"]
-    restored = [w for w, row in rows.items() if row["accuracy"]["refusal"] >= 0.8]
-    weight = max(restored, key=float, default="0.0")
-    return weight, rows[weight]
+    return rows[restoring_weight(rows)]
 
 
 def _lab05_analogy(results: dict) -> dict:
@@ -531,7 +530,7 @@ LAB05 = [
         "05",
         "safety_merge_still_forgets",
         "at that weight an old skill still forgets >= 30 % of its items sample-wise (chance-adjusted, 1 → 0)",
-        lambda r: max(f["forgetting_adjusted"] for f in lab05_safety_choice(r)[1]["forgetting"].values()) - 0.3,
+        lambda r: max(f["forgetting_adjusted"] for f in _lab05_safety_choice(r)["forgetting"].values()) - 0.3,
     ),
     Claim(
         "05",

@@ -30,7 +30,6 @@ cast to the output dtype at the end.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shutil
 import zlib
@@ -292,24 +291,13 @@ def merge_state_dicts(
     }
 
 
-def merge_models(
-    base: torch.nn.Module, finetuned: Sequence[torch.nn.Module], merge: Merge, steps: Steps = PAPER_STEPS
-) -> torch.nn.Module:
-    """A new model: a copy of ``base`` whose weights are the merge of ``finetuned`` onto ``base``."""
-    merged = copy.deepcopy(base)
-    states = [model.state_dict() for model in finetuned]
-    merged.load_state_dict(merge_state_dicts(base.state_dict(), states, merge, steps))
-    return merged
-
-
-def add_task_vector(model: torch.nn.Module, vector: Mapping[str, torch.Tensor], scale: float = 1.0) -> torch.nn.Module:
-    """A copy of ``model`` moved along a task vector: θ + λ τ (Ilharco et al. 2023, eq. 1; the chat vector of
-    Huang et al. 2024, arXiv:2310.04799, is θ_cpt + λ (θ_chat − θ_base))."""
-    merged = copy.deepcopy(model)
-    state = merged.state_dict()
+def add_task_vector(
+    state: Mapping[str, torch.Tensor], vector: Mapping[str, torch.Tensor], scale: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """Weights moved along a task vector: θ + λ τ per tensor, in ``state``'s dtypes (Ilharco et al. 2023, eq. 1;
+    negation is λ < 0)."""
     _check_compatible(state, vector, "the task vector")
-    merged.load_state_dict({name: (t.float() + scale * vector[name]).to(t.dtype) for name, t in state.items()})
-    return merged
+    return {name: (tensor.float() + scale * vector[name]).to(tensor.dtype) for name, tensor in state.items()}
 
 
 def chat_vector(
@@ -322,9 +310,7 @@ def chat_vector(
     """The chat vector (Huang et al. 2024, arXiv:2310.04799, eq. 1): θ_cpt + λ (θ_chat − θ_base), a base model
     continually pre-trained on new data given its chat model's instruction following without chat training.
     ``vector`` computes θ_chat − θ_base (a lab passes its students' ``task_vector``)."""
-    tau = vector(chat, base)
-    _check_compatible(cpt, tau, "the chat vector")
-    return {name: (tensor.float() + scale * tau[name]).to(tensor.dtype) for name, tensor in cpt.items()}
+    return add_task_vector(cpt, vector(chat, base), scale)
 
 
 # --------------------------------------------------------------------------- checkpoints on disk, streamed

@@ -157,11 +157,9 @@ def negation(
     """θ_chat − λ τ for each λ of ``scales`` (and λ = 0), where τ = ``vector(skill_tuned, chat)`` (Ilharco et al.
     2023, §3: negating a task vector removes the behaviour it adds). Keys ``"0"``, ``"0.5"``, ..."""
     tau = vector(skill_tuned, chat)
-    model = score.model
     rows = {"0": score(chat)}
     for scale in scales:
-        model.load_state_dict(chat)
-        rows[str(scale)] = score(add_task_vector(model, tau, -scale).state_dict())
+        rows[str(scale)] = score(add_task_vector(chat, tau, -scale))
     return rows
 
 
@@ -230,6 +228,13 @@ def safety_merge(
                 },
             }
     return rows
+
+
+def restoring_weight(linear: Mapping[str, dict], refusal: float = 0.8) -> str:
+    """The largest linear safety-merge weight (a key of ``safety_merge(...)["linear"]``) whose merged model refuses at
+    least ``refusal``: the most of the new task kept with safety back; ``"0.0"`` (tiny-chat itself) when none does."""
+    restored = [weight for weight, row in linear.items() if row["accuracy"]["refusal"] >= refusal]
+    return max(restored, key=float, default="0.0")
 
 
 def statements(task: str) -> list[str]:
