@@ -1,15 +1,17 @@
 """Batched evaluation gives the per-item path's answers, item by item, on the shipped models.
 
-Multiple choice used to run one forward pass per item (its k options right-padded to one width);
-``evaluate.choice_logprobs`` now scores the prompts of many items in one pass and continues each option from a KV
-cache. The prompts of a batch have one length, so no prompt is padded; options are right-padded, so no real token
-attends to a pad. What can still differ is floating-point rounding (other matrix shapes, the cache path): the tests
-bound that difference and check it is far below the smallest gap between an item's two best options, so no argmax
-can flip, and that every item's correctness is the same.
+Multiple choice used to run one forward pass per item (its k options right-padded to one width). Now
+``evaluate.choice_logprobs`` scores the prompts of many items in one pass and continues the options from a KV cache:
+the tokens all options share once, then every option's own tokens from the cache repeated once per option. A
+snapshot (``take_snapshot``) goes further: its multiple-choice items ask the generated skills' questions, so they
+continue the left-padded caches of generation itself (``generate_with_choices``). What can differ is floating-point
+rounding (other matrix shapes, the cache path, padding that is masked): the tests bound that difference and check it
+is far below the smallest gap between an item's two best options, so no argmax can flip, and that every item's
+correctness is the same.
 
-Generation still left-pads; ``take_snapshot`` now decodes every distinct prompt once, across skills, in batches of
-128 rather than one ``generate`` call per skill in batches of 64. Left padding changes which other prompts share a
-batch, which could move a near-tie between two next tokens; the tests show every reply is byte-identical.
+Generation left-pads; ``take_snapshot`` decodes every distinct prompt once, across skills, in batches of 128 rather
+than one ``generate`` call per skill in batches of 64. Left padding changes which other prompts share a batch, which
+could move a near-tie between two next tokens; the tests show every reply is byte-identical.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ import torch
 
 from posttrain.core import evaluate
 from posttrain.core.data import chat_prompt_ids
-from posttrain.core.evaluate import Item, choice_logprobs, generate, multiple_choice_correct, score_item
+from posttrain.core.evaluate import (
+    Item,
+    choice_logprobs,
+    generate,
+    generate_with_choices,
+    multiple_choice_correct,
+    score_item,
+)
 from posttrain.core.forgetting import take_snapshot
 from posttrain.core.models import load_model
 from posttrain.world.benchmarks import tiny_forgetting_benchmark
@@ -59,15 +68,31 @@ def bench():
 def test_batched_multiple_choice_matches_one_pass_per_item_on_every_skill(name, bench):
     model, tokenizer = load_model(name, device="cpu")
     model.eval()
-    for skill, items in bench.multiple_choice.items():
-        batched = choice_logprobs(model, tokenizer, items)
-        oracle = [per_item_choice_logprobs(model, tokenizer, item) for item in items]
-        rounding = max(float((b - o).abs().max()) for b, o in zip(batched, oracle, strict=True))
+    items = [item for skill_items in bench.multiple_choice.values() for item in skill_items]
+    prompts = list(
+        dict.fromkeys(i.prompt for group in [bench.new_task_eval, *bench.old_skills.values()] for i in group)
+    )
+    assert {item.prompt for item in items} <= set(prompts)  # so the snapshot path continues generation's caches
+    paths = {
+        "own passes": choice_logprobs(model, tokenizer, items),
+        "generation's passes": generate_with_choices(model, tokenizer, prompts, items)[1],
+    }
+    start = 0
+    for skill, skill_items in bench.multiple_choice.items():
+        oracle = [per_item_choice_logprobs(model, tokenizer, item) for item in skill_items]
         smallest_gap = min(top_two_gap(o) for o in oracle)
-        assert rounding < 1e-4, f"{name}/{skill}: batched log-likelihoods differ by {rounding}"
-        assert 2 * rounding < smallest_gap, f"{name}/{skill}: a tie ({smallest_gap}) within rounding ({rounding})"
-        expected = [int(o.argmax()) == item.answer_index for item, o in zip(items, oracle, strict=True)]
-        assert multiple_choice_correct(model, tokenizer, items) == expected
+        for path, scores in paths.items():
+            batched = scores[start : start + len(skill_items)]
+            rounding = max(float((b - o).abs().max()) for b, o in zip(batched, oracle, strict=True))
+            assert rounding < 1e-4, f"{name}/{skill}, {path}: log-likelihoods differ by {rounding}"
+            assert 2 * rounding < smallest_gap, f"{name}/{skill}, {path}: a tie ({smallest_gap}) within {rounding}"
+        start += len(skill_items)
+        expected = [int(o.argmax()) == item.answer_index for item, o in zip(skill_items, oracle, strict=True)]
+        assert multiple_choice_correct(model, tokenizer, skill_items) == expected
+    snapshot = take_snapshot(model, tokenizer, bench)
+    assert snapshot.mc == {
+        skill: multiple_choice_correct(model, tokenizer, i) for skill, i in bench.multiple_choice.items()
+    }
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -87,20 +112,29 @@ def test_one_decode_per_distinct_prompt_matches_one_generate_per_skill(name, ben
     assert [[replies[item.prompt] for item in items] for items in groups] == per_skill  # byte-identical replies
 
 
-@pytest.mark.parametrize("logit_budget", [evaluate.MC_LOGIT_BUDGET, 1], ids=["batched", "one_item_per_batch"])
+MIXED = [
+    Item("s", "hi there", "hello", ("hello", "hi !", "how are you today ?"), 0),
+    Item("s", "how are you today ?", "hi", ("hi", "there"), 0),
+    Item("s", "hi", "there ,", ("there ,", "", "you"), 0),
+    Item("s", "hello !", "today", ("today", "you are", "hi there", "!"), 0),
+    Item("s", "hi there", "you are", ("you are", "you are here", "you"), 0),  # a shared prefix, one option all of it
+    Item("s", "are you there ?", "hi", ("hi !", "hi there"), 0),
+]
+
+
+@pytest.mark.parametrize("logit_budget", [evaluate.MC_LOGIT_BUDGET, 1], ids=["batched", "one_item_per_pass"])
 def test_batched_multiple_choice_handles_mixed_lengths_option_counts_and_a_qwen2_model(
     tiny_qwen2_dir, logit_budget, monkeypatch
 ):
     monkeypatch.setattr(evaluate, "MC_LOGIT_BUDGET", logit_budget)  # what a 151 936-word vocabulary does to a batch
     model, tokenizer = load_model(str(tiny_qwen2_dir), device="cpu")
-    items = [
-        Item("s", "hi there", "hello", ("hello", "hi !", "how are you today ?"), 0),
-        Item("s", "how are you today ?", "hi", ("hi", "there"), 0),
-        Item("s", "hi", "there ,", ("there ,", "", "you"), 0),
-        Item("s", "hello !", "today", ("today", "you are", "hi there", "!"), 0),
-    ]
-    batched = choice_logprobs(model, tokenizer, items, batch_size=2)
-    for item, scores in zip(items, batched, strict=True):
-        assert scores.shape == (len(item.choices),)
-        torch.testing.assert_close(scores, per_item_choice_logprobs(model, tokenizer, item), atol=1e-4, rtol=0)
-    assert batched[2][1] == 0.0  # an empty option has no tokens to score
+    oracle = [per_item_choice_logprobs(model, tokenizer, item) for item in MIXED]
+    prompts = ["hello !", "hi", "a longer prompt that pads the others on the left", "hi there", "how are you today ?"]
+    plain = generate(model, tokenizer, prompts, batch_size=3)
+    replies, continued = generate_with_choices(model, tokenizer, prompts, MIXED, batch_size=3)
+    assert replies == plain  # scoring the options leaves the replies as they were
+    for scores in (choice_logprobs(model, tokenizer, MIXED), continued):  # the last item's prompt is not decoded
+        for item, got, expected in zip(MIXED, scores, oracle, strict=True):
+            assert got.shape == (len(item.choices),)
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+        assert scores[2][1] == 0.0  # an empty option has no tokens to score

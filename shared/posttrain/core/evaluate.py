@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig
 
-from .data import chat_prompt_ids
+from .data import chat_prompt_ids, memoized_per_tokenizer
 
 
 @dataclass(frozen=True)
@@ -122,31 +122,66 @@ GENERATION_BATCH = 128
 
 
 @torch.no_grad()
-def generate(
-    model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 16, batch_size: int = GENERATION_BATCH
-) -> list[Generation]:
-    """Greedy-decode the assistant reply to each user prompt (chat template applied, left padding, ``greedy_config``).
+def generate_with_choices(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    choice_items: Sequence[Item] = (),
+    max_new_tokens: int = 16,
+    batch_size: int = GENERATION_BATCH,
+) -> tuple[list[Generation], list[torch.Tensor]]:
+    """Greedy-decode the assistant reply to each user prompt (chat template applied, left padding, ``greedy_config``),
+    and score ``choice_items`` (``choice_logprobs``) in the same passes.
 
     A reply ends at the first of the model's stop ids (``stop_token_ids``); ``stopped`` says whether one came within
-    ``max_new_tokens``.
+    ``max_new_tokens``. A multiple-choice item whose prompt is among ``prompts`` continues its batch's KV cache,
+    cropped back to the prompts (``_option_logprobs``): a snapshot's multiple choice asks the generated skills'
+    questions, so their prompts are run once. Items with other prompts get passes of their own.
     """
     device = next(model.parameters()).device
     model.eval()
     config = greedy_config(model, tokenizer, max_new_tokens)
-    stops = set(config.eos_token_id)
+    config.return_dict_in_generate = True  # with the KV cache
+    stops, pad = set(config.eos_token_id), config.pad_token_id
+    wanted: dict[str, list[int]] = {}
+    for index, item in enumerate(choice_items):
+        wanted.setdefault(item.prompt, []).append(index)
+    scores: list[torch.Tensor] = [torch.empty(0)] * len(choice_items)
     replies = []
     for start in range(0, len(prompts), batch_size):
-        chunk = [chat_prompt_ids(tokenizer, p) for p in prompts[start : start + batch_size]]
+        batch = prompts[start : start + batch_size]
+        chunk = [chat_prompt_ids(tokenizer, p) for p in batch]
         width = max(len(ids) for ids in chunk)
-        pad = config.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in chunk], device=device)
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk], device=device)
+        asked = [(row, index) for row, p in enumerate(batch) for index in wanted.pop(p, [])]
         out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
-        for row in out[:, width:].tolist():
+        for row in out.sequences[:, width:].tolist():
             end = next((k for k, token in enumerate(row) if token in stops), None)
             text = tokenizer.decode(row if end is None else row[:end], skip_special_tokens=False).strip()
             replies.append(Generation(text, stopped=end is not None))
-    return replies
+        if asked:
+            cache = None
+            if width > 1:  # keep the prompts but their last token, which leads each item's options
+                cache = out["cache"] if "cache" in out else out["past_key_values"]  # renamed in transformers 5
+                cache.crop(width - 1 - cache.get_seq_length())  # a negative crop removes tokens, in every version
+            rows = [row for row, _ in asked]
+            options = [_option_ids(tokenizer, choice_items[index]) for _, index in asked]
+            leads = [[chunk[row][-1]] for row in rows]
+            chosen = _choices_from_cache(model, cache, mask[:, :-1], rows, leads, options, pad)
+            for (_, index), s in zip(asked, chosen, strict=True):
+                scores[index] = s
+    rest = [index for indices in wanted.values() for index in indices]
+    for index, s in zip(rest, choice_logprobs(model, tokenizer, [choice_items[i] for i in rest]), strict=True):
+        scores[index] = s
+    return replies, scores
+
+
+def generate(
+    model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 16, batch_size: int = GENERATION_BATCH
+) -> list[Generation]:
+    """Greedy-decode the assistant reply to each user prompt: ``generate_with_choices`` without multiple choice."""
+    return generate_with_choices(model, tokenizer, prompts, (), max_new_tokens, batch_size)[0]
 
 
 def score_item(item: Item, reply: Generation) -> bool:
@@ -171,14 +206,26 @@ def per_sample_correct(model, tokenizer, items: Sequence[Item], max_new_tokens: 
 
 
 def per_group_correct(model, tokenizer, groups: Sequence[Sequence[Item]], max_new_tokens: int = 16) -> list[list[bool]]:
-    """``per_sample_correct`` of several groups of items (skills) at once: every distinct prompt is decoded once, in
-    batches of ``generate``, and each item scores that reply by its own scorer (a benchmark's ``chat`` probes reuse
-    the prompts of the other skills). Greedy decoding is deterministic, so a reply does not depend on which group
+    """``per_sample_correct`` of several groups of items (skills) at once (``correct_with_choices``)."""
+    return correct_with_choices(model, tokenizer, groups, (), max_new_tokens)[0]
+
+
+def correct_with_choices(
+    model, tokenizer, groups: Sequence[Sequence[Item]], choice_items: Sequence[Item] = (), max_new_tokens: int = 16
+) -> tuple[list[list[bool]], list[bool]]:
+    """Per-item correctness of several groups of generated items (skills) and of multiple-choice items, at once.
+
+    Every distinct prompt is decoded once, in batches of ``generate_with_choices``, and each item scores that reply by
+    its own scorer (a benchmark's ``chat`` probes reuse the prompts of the other skills); the multiple-choice items
+    continue the decoded prompts' passes. Greedy decoding is deterministic, so a reply does not depend on which group
     asked for it; ``tests/test_batched_evaluation.py`` checks that every item's correctness equals one ``generate``
-    per group on the shipped models."""
+    per group, and one forward pass per multiple-choice item, on the shipped models.
+    """
     prompts = list(dict.fromkeys(item.prompt for items in groups for item in items))
-    replies = dict(zip(prompts, generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens), strict=True))
-    return [[score_item(item, replies[item.prompt]) for item in items] for items in groups]
+    replies, choices = generate_with_choices(model, tokenizer, prompts, choice_items, max_new_tokens)
+    by_prompt = dict(zip(prompts, replies, strict=True))
+    generated = [[score_item(item, by_prompt[item.prompt]) for item in items] for items in groups]
+    return generated, [int(s.argmax()) == item.answer_index for item, s in zip(choice_items, choices, strict=True)]
 
 
 # Multiple choice holds at most this many logits at once (256 MiB in float32): a batch of Qwen2.5 items (a vocabulary
@@ -186,64 +233,154 @@ def per_group_correct(model, tokenizer, groups: Sequence[Sequence[Item]], max_ne
 MC_LOGIT_BUDGET = 2**26
 
 
+@memoized_per_tokenizer
+def reply_ids(tokenizer, text: str) -> list[int]:
+    """The token ids of ``text`` as (part of) an assistant reply: no special tokens."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _option_ids(tokenizer, item: Item) -> list[list[int]]:
+    """The token ids of each of an item's options (``reply_ids``)."""
+    return [reply_ids(tokenizer, c) for c in item.choices]
+
+
 def _forward_with_cache(
-    model, input_ids: torch.Tensor, cache=None, last_only: bool = False
+    model, input_ids: torch.Tensor, cache=None, attention_mask: torch.Tensor | None = None, cache_only: bool = False
 ) -> tuple[torch.Tensor, object]:
-    """Logits of one forward pass continuing ``cache`` (None: a fresh one) and the grown KV cache; ``last_only`` keeps
-    the last position's logits alone where the model can (``logits_to_keep``). Transformers 5 renamed the cache
-    argument and output from ``past_key_values`` to ``cache``; this takes whichever the model has."""
+    """Logits of one forward pass continuing ``cache`` (None: a fresh one) and the grown KV cache.
+
+    ``attention_mask`` covers what the cache holds and the new tokens (0 at padding); the positions are counted from
+    it, as ``generate`` counts them, so a left-padded row's first real token is at position 0. ``cache_only`` keeps
+    just the last position's logits where the model can (``logits_to_keep``): a pass that only fills the cache should
+    not hold a 151 936-word vocabulary's logits for every token. Transformers 5 renamed the cache argument and output
+    from ``past_key_values`` to ``cache``; this takes whichever the model has.
+    """
     parameters = inspect.signature(model.forward).parameters
     name = "cache" if "cache" in parameters else "past_key_values"
     kwargs = {name: cache} if cache is not None else {}
-    if last_only and "logits_to_keep" in parameters:
+    if cache_only and "logits_to_keep" in parameters:
         kwargs["logits_to_keep"] = 1
+    if attention_mask is not None:
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        kwargs |= {"attention_mask": attention_mask, "position_ids": positions[:, -input_ids.shape[1] :]}
     out = model(input_ids=input_ids, use_cache=True, **kwargs)
     return out.logits, out[name]
 
 
+def shared_prefix_length(options: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every option has in common (all of the shortest option's, when it begins the others)."""
+    shortest = min(map(len, options), default=0)
+    return next((t for t in range(shortest) if len({option[t] for option in options}) > 1), shortest)
+
+
+def _option_logprobs(
+    model, cache, mask: torch.Tensor, leads: Sequence[Sequence[int]], options, pad: int
+) -> torch.Tensor:
+    """(n, k) log-likelihoods of each row's k options continuing what ``cache`` holds for the row.
+
+    ``mask`` is the cache's attention mask (n, cached), 0 at left padding; ``leads[i]`` are row i's tokens still to
+    feed before its options (at least the prompt's last token, whose logits score the first option token). A first
+    pass feeds each lead followed by the tokens all of the row's options share (``shared_prefix_length``), so they are
+    scored once; a second pass, from the cache repeated once per option, feeds every option's own tokens. Both are
+    right-padded: a pad is masked, and after the last real token of a row only pads follow.
+    """
+    n, k = len(options), len(options[0])
+    shared = [shared_prefix_length(o) for o in options]
+    contexts = [[*lead, *o[0][:s]] for lead, o, s in zip(leads, options, shared, strict=True)]
+    ids, real = right_padded(contexts, pad, mask.device)
+    mask = torch.cat([mask, real], dim=1)
+    logits, cache = _forward_with_cache(model, ids, cache, mask)
+    logp = torch.log_softmax(logits.float(), dim=-1)  # position t predicts the token after context token t
+    totals = torch.zeros(n, k, device=mask.device)
+    for row, (lead, o, s) in enumerate(zip(leads, options, shared, strict=True)):
+        if s:
+            targets = torch.tensor(o[0][:s], device=mask.device)
+            totals[row] += logp[row, len(lead) - 1 : len(lead) - 1 + s].gather(-1, targets[:, None]).sum()
+    after_context = logp[torch.arange(n), torch.tensor([len(c) - 1 for c in contexts])]  # (n, vocab)
+    tails = [option[s:] for o, s in zip(options, shared, strict=True) for option in o]  # row = item * k + option
+    if max(map(len, tails)) == 0:
+        return totals
+    ids, real = right_padded(tails, pad, mask.device)
+    tail_logp = after_context.repeat_interleave(k, dim=0)[:, None]
+    if ids.shape[1] > 1:
+        cache.batch_repeat_interleave(k)
+        fed = torch.ones(n * k, ids.shape[1] - 1, dtype=mask.dtype, device=mask.device)
+        rest, _ = _forward_with_cache(model, ids[:, :-1], cache, torch.cat([mask.repeat_interleave(k, 0), fed], 1))
+        tail_logp = torch.cat([tail_logp, torch.log_softmax(rest.float(), dim=-1)], dim=1)
+    token_logp = tail_logp.gather(-1, ids[:, :, None]).squeeze(-1)
+    return totals + (token_logp * real).sum(-1).view(n, k)
+
+
+def _rows_per_pass(model, leads, options) -> int:
+    """How many items' options fit one pass within ``MC_LOGIT_BUDGET``: the widest of an item's two passes."""
+    widest = max(
+        max(len(lead) + shared_prefix_length(o), len(o) * max(map(len, o)))
+        for lead, o in zip(leads, options, strict=True)
+    )
+    return max(1, MC_LOGIT_BUDGET // (widest * model.config.vocab_size))
+
+
+def _choices_from_cache(
+    model, cache, mask: torch.Tensor, rows: Sequence[int], leads, options: Sequence[Sequence[list[int]]], pad: int
+) -> list[torch.Tensor]:
+    """``_option_logprobs`` of the items in the given ``rows`` of a batch's cache (None: nothing cached) and its
+    attention ``mask``. Items whose passes have the same shapes (option count, context length, longest own option)
+    share them, so neither pass pads, and a pass is split to the logit budget. Every pass but the last continues a copy
+    of the cache's selected rows; the last uses up the cache itself."""
+    shapes: dict[tuple[int, int, int], list[int]] = {}
+    for index, (lead, choices) in enumerate(zip(leads, options, strict=True)):
+        shared = shared_prefix_length(choices)
+        shape = (len(choices), len(lead) + shared, max(len(choice) - shared for choice in choices))
+        shapes.setdefault(shape, []).append(index)
+    passes = []
+    for members in shapes.values():
+        size = _rows_per_pass(model, [leads[i] for i in members], [options[i] for i in members])
+        passes += [members[start : start + size] for start in range(0, len(members), size)]
+    scores: list[torch.Tensor] = [torch.empty(0)] * len(options)
+    for number, chunk in enumerate(passes):
+        selected = torch.tensor([rows[i] for i in chunk], device=mask.device)
+        part = cache if cache is None or number == len(passes) - 1 else copy.deepcopy(cache)
+        if part is not None:
+            part.batch_select_indices(selected)
+        totals = _option_logprobs(
+            model, part, mask[selected], [leads[i] for i in chunk], [options[i] for i in chunk], pad
+        )
+        for row, index in enumerate(chunk):
+            scores[index] = totals[row].cpu()
+    return scores
+
+
 @torch.no_grad()
-def choice_logprobs(model, tokenizer, items: Sequence[Item], batch_size: int = 128) -> list[torch.Tensor]:
+def choice_logprobs(model, tokenizer, items: Sequence[Item]) -> list[torch.Tensor]:
     """Sum of log-probabilities of each option's tokens as the assistant reply to each item: one (k,) tensor per item.
 
-    Items whose prompts have the same length and the same number of options are batched: one forward pass over
-    their prompts (no padding) fills a KV cache whose last logits score every option's first token; then, for each
-    option index, one pass over the options' remaining tokens (right-padded, so no real token sees a pad) continues
-    from that cache, which is cropped back to the prompt after each pass. Single-token options (a fact's name, a
-    number) need no pass beyond the prompt's. A batch holds at most ``batch_size`` items and ``MC_LOGIT_BUDGET`` logits.
+    Items whose prompts have the same length are batched: one forward pass over their prompts but the last token (no
+    padding) fills a KV cache, which ``_option_logprobs`` continues: the last prompt token and the tokens all of an
+    item's options share (the ``{ " job " : "`` of a JSON reply) in one pass, every option's own tokens in one more,
+    from the cache repeated once per option. A pass holds at most ``MC_LOGIT_BUDGET`` logits.
     """
     device = next(model.parameters()).device
     model.eval()
     prompts = [chat_prompt_ids(tokenizer, item.prompt) for item in items]
-    options = [[tokenizer(c, add_special_tokens=False)["input_ids"] for c in item.choices] for item in items]
-    buckets: dict[tuple[int, int], list[int]] = {}
-    for index, (prompt, choices) in enumerate(zip(prompts, options, strict=True)):
-        buckets.setdefault((len(prompt), len(choices)), []).append(index)
+    options = [_option_ids(tokenizer, item) for item in items]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    buckets: dict[int, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        buckets.setdefault(len(prompt), []).append(index)
     scores: list[torch.Tensor] = [torch.empty(0)] * len(items)
-    for (_, k), members in buckets.items():
-        widest = max(len(option) for i in members for option in options[i])
-        size = max(1, min(batch_size, MC_LOGIT_BUDGET // (max(1, widest) * model.config.vocab_size)))
+    for length, members in buckets.items():
+        size = _rows_per_pass(model, [prompts[i][-1:] for i in members], [options[i] for i in members])
         for start in range(0, len(members), size):
             chunk = members[start : start + size]
-            prompt_ids = torch.tensor([prompts[i] for i in chunk], device=device)
-            logits, cache = _forward_with_cache(model, prompt_ids, last_only=True)
-            first = torch.log_softmax(logits[:, -1].float(), dim=-1)
-            totals = torch.zeros(len(chunk), k)
-            for j in range(k):
-                tokens = [options[i][j] for i in chunk]
-                width = max(len(t) for t in tokens)
-                ids = torch.tensor([t + [pad] * (width - len(t)) for t in tokens], device=device)
-                logp = first[:, None, :]
-                if width > 1:
-                    rest, cache = _forward_with_cache(model, ids[:, :-1], cache)
-                    cache.crop(1 - width)  # a negative crop removes tokens, in every transformers version
-                    logp = torch.cat([logp, torch.log_softmax(rest.float(), dim=-1)], dim=1)
-                token_logp = logp.gather(-1, ids[:, :, None]).squeeze(-1)
-                lengths = torch.tensor([len(t) for t in tokens], device=device)
-                real = torch.arange(width, device=device)[None, :] < lengths[:, None]
-                totals[:, j] = (token_logp * real).sum(-1).cpu()
-            for row, index in enumerate(chunk):
-                scores[index] = totals[row]
+            cache = None
+            if length > 1:
+                prefixes = torch.tensor([prompts[i][:-1] for i in chunk], device=device)
+                _, cache = _forward_with_cache(model, prefixes, cache_only=True)
+            mask = torch.ones(len(chunk), length - 1, dtype=torch.long, device=device)
+            leads = [prompts[i][-1:] for i in chunk]
+            chosen = _choices_from_cache(model, cache, mask, range(len(chunk)), leads, [options[i] for i in chunk], pad)
+            for index, s in zip(chunk, chosen, strict=True):
+                scores[index] = s
     return scores
 
 

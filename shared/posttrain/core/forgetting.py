@@ -13,7 +13,12 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass, field
 
-from .evaluate import Item, accuracy, multiple_choice_correct, per_group_correct, sample_wise
+from .evaluate import (
+    Item,
+    accuracy,
+    correct_with_choices,
+    sample_wise,
+)
 
 K_OPTIONS = 4
 
@@ -55,29 +60,29 @@ class Snapshot:
         return row | {f"mc:{s}": accuracy(c) for s, c in self.mc.items()}
 
 
-def generation_scores(
-    model, tokenizer, bench: ForgettingBenchmark, max_new_tokens: int = 16
-) -> tuple[list[bool], dict[str, list[bool]]]:
-    """Per-item correctness of the new task and of each old skill by generation, every distinct prompt decoded once
-    (``per_group_correct``)."""
-    new, *old = per_group_correct(model, tokenizer, [bench.new_task_eval, *bench.old_skills.values()], max_new_tokens)
-    return new, dict(zip(bench.old_skills, old, strict=True))
+def _flat(skills: dict[str, list[Item]]) -> list[Item]:
+    """Every skill's items, one list, in the skills' order."""
+    return [item for items in skills.values() for item in items]
 
 
-def multiple_choice_scores(model, tokenizer, bench: ForgettingBenchmark) -> dict[str, list[bool]]:
-    """Per-item correctness of each multiple-choice skill, every item of every skill scored in shared batches."""
-    correct = iter(
-        multiple_choice_correct(model, tokenizer, [i for items in bench.multiple_choice.values() for i in items])
-    )
-    return {skill: [next(correct) for _ in items] for skill, items in bench.multiple_choice.items()}
+def _per_skill(skills: dict[str, list[Item]], correct: list[bool]) -> dict[str, list[bool]]:
+    """``correct`` of the ``_flat`` items, split back by skill."""
+    answers = iter(correct)
+    return {skill: [next(answers) for _ in items] for skill, items in skills.items()}
 
 
 def take_snapshot(
     model, tokenizer, bench: ForgettingBenchmark, step: int = 0, with_mc: bool = True, max_new_tokens: int = 16
 ) -> Snapshot:
-    """Score ``model`` on every item of ``bench`` (multiple choice only if ``with_mc``)."""
-    new, old = generation_scores(model, tokenizer, bench, max_new_tokens)
-    return Snapshot(step, new, old, multiple_choice_scores(model, tokenizer, bench) if with_mc else {})
+    """Score ``model`` on every item of ``bench`` (multiple choice only if ``with_mc``): the generated skills and the
+    multiple choice in shared passes (``correct_with_choices``; the multiple-choice items ask the generated skills'
+    questions, so each prompt runs once)."""
+    choice_items = _flat(bench.multiple_choice) if with_mc else []
+    (new, *old), chosen = correct_with_choices(
+        model, tokenizer, [bench.new_task_eval, *bench.old_skills.values()], choice_items, max_new_tokens
+    )
+    mc = _per_skill(bench.multiple_choice, chosen) if with_mc else {}
+    return Snapshot(step, new, dict(zip(bench.old_skills, old, strict=True)), mc)
 
 
 def sample_wise_table(before: Snapshot, after: Snapshot, k: int) -> dict[str, dict[str, float]]:
