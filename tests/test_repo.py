@@ -36,7 +36,18 @@ def declared_requirements() -> list[Requirement]:
 def test_the_student_install_holds_no_grader_or_notebook_server_package():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     student = sorted(canonicalize_name(Requirement(r).name) for r in project["dependencies"])
-    labs_import = ["datasets", "matplotlib", "numpy", "peft", "pyyaml", "safetensors", "scikit-learn", "tokenizers", "torch", "tqdm"]
+    labs_import = [
+        "datasets",
+        "matplotlib",
+        "numpy",
+        "peft",
+        "pyyaml",
+        "safetensors",
+        "scikit-learn",
+        "tokenizers",
+        "torch",
+        "tqdm",
+    ]
     assert student == sorted([*labs_import, "transformers"])
 
 

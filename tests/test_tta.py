@@ -135,14 +135,36 @@ def test_adapt_stream_resets_as_asked():
         tta.adapt_stream(adapter, batches, reset="on_shift")
 
 
-def test_shift_detector_flags_a_jump_and_not_the_noise_before_it():
+def test_shift_detector_flags_a_jump_either_way_in_any_component_and_not_the_noise_before_it():
     detector = tta.ShiftDetector(threshold=3.0, warmup=5)
-    steady = [1.0, 1.1, 0.9, 1.05, 0.95, 1.02, 0.98]
+    steady = [[1.0, 5.0], [1.1, 5.1], [0.9, 4.9], [1.05, 5.0], [0.95, 5.05], [1.02, 4.95], [0.98, 5.0]]
     assert [detector.update(v) for v in steady] == [False] * len(steady)
-    assert detector.update(2.0) is True
-    assert detector.values == [2.0]  # the new domain's statistics start from the jump
+    assert detector.update([1.0, 3.0]) is True  # the second component fell
+    assert [v.tolist() for v in detector.values] == [[1.0, 3.0]]  # the new domain's statistics start from the jump
+    assert tta.ShiftDetector(warmup=2).update(7.0) is False  # a plain number is a one-component statistic
+    stats = tta.input_statistics(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+    assert stats.tolist() == pytest.approx([0.5, float(torch.tensor([0.0, 1.0, 1.0, 0.0]).std())])
     with pytest.raises(ValueError, match="warmup"):
         tta.ShiftDetector(warmup=1)
+
+
+def test_anchor_penalty_is_the_weighted_squared_distance_to_the_start_and_the_adapter_adds_it():
+    start = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.0])}
+    now = {"a": torch.tensor([2.0, 0.0]), "b": torch.tensor([3.0])}
+    assert float(tta.anchor_penalty(now, start)) == 1 + 4 + 9
+    weights = {"a": torch.tensor([1.0, 0.5]), "b": torch.tensor([0.0])}
+    assert float(tta.anchor_penalty(now, start, weights)) == 1 + 2
+    torch.manual_seed(0)
+    images = torch.rand(16, 1, 8, 8)
+    moved = []
+    for anchor in (0.0, 1e3):
+        model = tta.use_batch_statistics(DigitsCNN().eval())
+        adapter = tta.Adapter(model, tta.norm_affine_parameters(model), tta.entropy_loss, lr=1e-2, anchor=anchor)
+        start = {n: p.detach().clone() for n, p in adapter.parameters.items()}
+        for _ in range(20):
+            adapter.adapt(images)
+        moved.append(float(tta.anchor_penalty(adapter.parameters, start).detach()))
+    assert moved[1] < moved[0] / 10  # a strong anchor keeps the adapted parameters near the start
 
 
 def test_rotation_batch_and_pretext_ttt_update_the_encoder_only():

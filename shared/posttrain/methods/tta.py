@@ -138,6 +138,17 @@ def use_batch_statistics(model: nn.Module) -> nn.Module:
     return model
 
 
+def anchor_penalty(
+    parameters: dict[str, torch.Tensor], start: dict[str, torch.Tensor], weights: dict[str, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Σ_i ω_i (θ_i − θ⁰_i)² over the named ``parameters`` against their ``start`` values: EATA's anti-forgetting
+    regulariser (arXiv:2204.02610, eq. 9), whose ω is the Fisher information of the starting model; ω = 1 without
+    ``weights`` (L2-SP, Li et al. 2018, arXiv:1802.01483)."""
+    return sum(
+        ((1.0 if weights is None else weights[name]) * (p - start[name]) ** 2).sum() for name, p in parameters.items()
+    )
+
+
 @dataclass
 class Adapter:
     """Adapts ``parameters`` of ``model`` by minimising ``loss(logits)`` on each test input, without its label.
@@ -146,7 +157,9 @@ class Adapter:
     the last forward pass that computed the loss (TENT's online protocol, arXiv:2006.10726, sec. 3.3) or, with
     ``predict_after``, of a forward pass after the last step (SUTA's). ``reset()`` restores the weights, buffers and
     optimiser to the copy taken when the adapter was made, exactly. ``forward(model, x)`` returns logits (default:
-    ``model(x)``, or its ``.logits`` for a transformers model). Only ``parameters`` get gradients.
+    ``model(x)``, or its ``.logits`` for a transformers model). Only ``parameters`` get gradients. ``anchor`` > 0 adds
+    ``anchor`` × ``anchor_penalty`` to the loss: EATA's anti-forgetting regulariser (arXiv:2204.02610, eq. 9) with
+    unit weights in place of its Fisher information, i.e. Lab 02's L2-SP pull toward the starting weights.
     """
 
     model: nn.Module
@@ -156,9 +169,11 @@ class Adapter:
     steps: int = 1
     predict_after: bool = False
     forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
+    anchor: float = 0.0
     optimizer: torch.optim.Optimizer = field(init=False)
     last_loss: float = field(init=False, default=float("nan"))
     _start: tuple[dict, dict] = field(init=False, repr=False)
+    _anchor_point: dict[str, torch.Tensor] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.parameters:
@@ -168,6 +183,7 @@ class Adapter:
             parameter.requires_grad_(True)
         self.optimizer = torch.optim.Adam(self.parameters.values(), lr=self.lr)
         self._start = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
+        self._anchor_point = {name: p.detach().clone() for name, p in self.parameters.items()}
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The model's logits for ``x`` (``forward``)."""
@@ -181,6 +197,8 @@ class Adapter:
         for _ in range(self.steps):
             logits = self.logits(x)
             loss = self.loss(logits)
+            if self.anchor:
+                loss = loss + self.anchor * anchor_penalty(self.parameters, self._anchor_point)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -198,27 +216,39 @@ class Adapter:
 
 
 class ShiftDetector:
-    """Flags a distribution shift when a per-input statistic (the adaptation loss, say) jumps: its z-score against
-    the mean and standard deviation of the values seen since the last shift exceeds ``threshold``, once ``warmup``
-    values are in. After Dynamic SUTA's dynamic reset (Lin et al. 2024, arXiv:2406.11064, sec. 3.3), which resets the
-    model when the loss of incoming utterances departs from the current domain's."""
+    """Flags a distribution shift when a per-input statistic jumps: the z-score of any of its components against the
+    values seen since the last shift exceeds ``threshold`` in either direction, once ``warmup`` values are in.
 
-    def __init__(self, threshold: float = 3.0, warmup: int = 5) -> None:
+    After Dynamic SUTA's dynamic reset (Lin et al. 2024, arXiv:2406.11064, sec. 3.3), which resets the model when the
+    incoming utterances depart from the current domain. What to watch is the caller's choice (``adapt_stream``'s
+    ``statistic``): the inputs' own statistics (``input_statistics``) mark a change of corruption, while the
+    adaptation loss also moves with the classes of a class-sorted stream, so it misses shifts or flags classes.
+    """
+
+    def __init__(self, threshold: float = 4.0, warmup: int = 5) -> None:
         if warmup < 2:
             raise ValueError(f"warmup must be at least 2 values to estimate a spread, got {warmup}")
         self.threshold, self.warmup = threshold, warmup
-        self.values: list[float] = []
+        self.values: list[torch.Tensor] = []
 
-    def update(self, value: float) -> bool:
-        """Record ``value``; True (and forget the old domain's values) when it departs from them."""
+    def update(self, value: float | Sequence[float] | torch.Tensor) -> bool:
+        """Record ``value`` (a number or a vector of them); True, forgetting the old domain's values, when it departs
+        from them."""
+        value = torch.as_tensor(value, dtype=torch.float64).flatten()
         if len(self.values) >= self.warmup:
-            mean = sum(self.values) / len(self.values)
-            spread = math.sqrt(sum((v - mean) ** 2 for v in self.values) / (len(self.values) - 1))
-            if (value - mean) / max(spread, 1e-8) > self.threshold:
+            seen = torch.stack(self.values)
+            z = (value - seen.mean(0)) / seen.std(0).clamp(min=1e-8)
+            if bool((z.abs() > self.threshold).any()):
                 self.values = [value]
                 return True
         self.values.append(value)
         return False
+
+
+def input_statistics(batch: torch.Tensor) -> torch.Tensor:
+    """The mean and standard deviation of a batch's input values: what a corruption (noise, blur, contrast, a
+    brightness shift, an SNR) moves first, and what ``ShiftDetector`` watches by default."""
+    return torch.stack([batch.float().mean(), batch.float().std()]).detach()
 
 
 RESETS = ("never", "episodic", "periodic", "on_shift")
@@ -230,13 +260,14 @@ def adapt_stream(
     reset: str = "never",
     every: int = 10,
     detector: ShiftDetector | None = None,
+    statistic: Callable[[torch.Tensor], torch.Tensor] = input_statistics,
 ) -> list[torch.Tensor]:
     """Adapt on a stream of test batches in order and return each batch's predicted logits.
 
     ``reset``: ``never`` (continual adaptation, which drifts and can collapse on a long stream), ``episodic``
-    (before every batch), ``periodic`` (before every ``every``-th batch, RDumb arXiv:2306.05401) or ``on_shift``
-    (when ``detector`` flags the adaptation loss of a batch, after Dynamic SUTA arXiv:2406.11064; the batch is then
-    predicted again from the reset model).
+    (before every batch), ``periodic`` (before every ``every``-th batch, blind to the domains: RDumb,
+    arXiv:2306.05401) or ``on_shift`` (before a batch whose ``statistic`` ``detector`` flags, after Dynamic SUTA,
+    arXiv:2406.11064).
     """
     if reset not in RESETS:
         raise ValueError(f"unknown reset {reset!r}; choose one of {', '.join(RESETS)}")
@@ -244,13 +275,13 @@ def adapt_stream(
         raise ValueError("reset='on_shift' needs a ShiftDetector")
     predictions = []
     for number, batch in enumerate(batches):
-        if reset == "episodic" or (reset == "periodic" and number > 0 and number % every == 0):
+        if (
+            reset == "episodic"
+            or (reset == "periodic" and number > 0 and number % every == 0)
+            or (reset == "on_shift" and detector.update(statistic(batch)))
+        ):
             adapter.reset()
-        logits = adapter.adapt(batch)
-        if reset == "on_shift" and detector.update(adapter.last_loss):
-            adapter.reset()
-            logits = adapter.adapt(batch)
-        predictions.append(logits)
+        predictions.append(adapter.adapt(batch))
     return predictions
 
 
