@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -348,8 +349,7 @@ class TfidfIndex:
     def nearest(self, query: str, k: int) -> list[str]:
         """The ``k`` texts most similar to ``query``, most similar first (ties by corpus order)."""
         scores = (self.matrix @ self.vectorizer.transform([query]).T).toarray().ravel()
-        order = sorted(range(len(self.texts)), key=lambda i: (-scores[i], i))
-        return [self.texts[i] for i in order[:k]]
+        return [self.texts[i] for i in np.argsort(-scores, kind="stable")[:k]]
 
 
 def nearest_neighbour_ttt(
