@@ -7,7 +7,7 @@ LOCK   := requirements.lock
 export POSTTRAIN_PROFILE ?= tiny
 DEMO_DIR := $(or $(POSTTRAIN_DEMO_DIR),/tmp/posttrain-demo)
 
-.PHONY: env lock demo test test-fast bench selftest lint format release reproduce clean
+.PHONY: env lock demo test test-fast bench selftest lint format release reproduce speech-corpus clean
 
 env: $(STAMP)
 
@@ -65,6 +65,13 @@ release: $(STAMP)
 reproduce: $(STAMP)
 	$(BIN)/python -m posttrain.world build
 	$(BIN)/python -m posttrain.world report
+
+# Renders Lab 06's speech corpus again with Debian's espeak-ng (installed here when missing) and retrains the small
+# CTC model on it (a few minutes on 2 cores); both are shipped, so nothing else needs espeak.
+speech-corpus: $(STAMP)
+	command -v espeak-ng >/dev/null || (apt-get update && apt-get install -y espeak-ng)
+	$(BIN)/python -m posttrain.world.speech build
+	$(BIN)/python -m posttrain.world.speech train
 
 clean:
 	rm -rf $(VENV) results .pytest_cache
