@@ -38,6 +38,7 @@ def test_the_student_install_holds_no_grader_or_notebook_server_package():
     student = sorted(canonicalize_name(Requirement(r).name) for r in project["dependencies"])
     labs_import = [
         "datasets",
+        "jiwer",
         "matplotlib",
         "numpy",
         "peft",
