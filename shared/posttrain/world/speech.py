@@ -276,7 +276,7 @@ def batch_inputs(audios: list[np.ndarray]):
 
 
 def train_speech_model(
-    utterances: list[Utterance], epochs: int = 40, lr: float = 2e-3, batch_size: int = 16, seed: int = 0
+    utterances: list[Utterance], epochs: int = 40, lr: float = 1e-3, batch_size: int = 16, seed: int = 0
 ):
     """Train ``speech_model_config``'s model with CTC on ``utterances`` (AdamW, linear warm-up over the first epoch,
     then cosine decay); returns it in eval mode."""
