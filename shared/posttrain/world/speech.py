@@ -3,7 +3,7 @@
 Real synthetic speech, not a toy signal: ``render`` has Debian's ``espeak-ng`` speak a text in one of several voices,
 rates and pitches, and ``build_corpus`` renders a seeded corpus of 2-3-word sequences from ``VOCABULARY``. The corpus
 is rendered once, by ``python -m posttrain.world.speech build`` (``make speech-corpus`` installs espeak-ng first),
-and shipped compressed as ``speech/corpus.npz`` (8-bit mu-law at ``SAMPLE_RATE``, xz-compressed: 5 MB for 1 200
+and shipped compressed as ``speech_data/corpus.npz`` (8-bit mu-law at ``SAMPLE_RATE``, xz-compressed: 5 MB for 1 200
 utterances), so nothing at run time needs espeak. ``load_corpus`` reads it back.
 
 Recognition is character-level CTC (Graves et al. 2006): ``CHARACTERS`` with the blank at 0 and ``|`` between words,
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 SAMPLE_RATE = 8000  # Hz: eSpeak's formants lie below 4 kHz, and half of 16 kHz halves the shipped corpus and compute
-CORPUS_PATH = Path(__file__).resolve().parent / "speech" / "corpus.npz"
+CORPUS_PATH = Path(__file__).resolve().parent / "speech_data" / "corpus.npz"
 VOCABULARY = (
     "zero one two three four five six seven eight nine "
     "yes no up down left right go stop on off red blue green big small"
