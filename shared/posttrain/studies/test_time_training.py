@@ -5,8 +5,8 @@ The vision world (``world.digits``): a CNN trained on clean digits meets corrupt
   gradient), TENT (batch statistics + one entropy step per batch on the norms' affine parameters, arXiv:2006.10726)
   and pretext TTT (a few steps on the rotation task of the test batch, then reset; arXiv:1909.13231).
 - ``continual_stream``: a long, class-sorted stream of changing corruptions, adapted on without labels, with no
-  reset, a filter of unreliable samples (EATA / SAR), a periodic reset (RDumb) and a reset on a detected shift
-  (after Dynamic SUTA). Accuracy per round of the stream shows the collapse of continual adaptation.
+  reset, a filter of unreliable samples (EATA / SAR) with and without EATA's pull toward the start, a periodic reset
+  (RDumb) and a reset on a detected shift (after Dynamic SUTA). Accuracy per round of the stream shows the collapse of continual adaptation.
 
 The language world (``world.tiny``): ``nearest_neighbour_study`` asks tiny-chat chat questions about the people
 only continued pre-training saw (their statements are in the CPT corpus alone), with no adaptation, with the
@@ -46,7 +46,7 @@ class VisionPlan:
     pretext_steps: int = 5
     pretext_lr: float = 1e-2  # SGD on the encoder; 5e-2 destroyed the digit head's features
     stream_rounds: int = 5  # the stream: every corruption in turn, this many times
-    stream_batch: int = 16  # small, class-sorted batches: where continual TENT collapses (CALIBRATION.md)
+    stream_batch: int = 16  # small, class-sorted batches: where SAR, NOTE and RDumb report the collapse
     stream_lr: float = 5e-3
     anchor: float = 1.0  # EATA's regulariser with unit weights; 1, 10 and 100 all held the stream at BN-adapt's level
     reset_every: int = 50  # batches; blind to the domains, which last 38 batches
