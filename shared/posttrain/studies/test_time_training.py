@@ -6,7 +6,8 @@ The vision world (``world.digits``): a CNN trained on clean digits meets corrupt
   and pretext TTT (a few steps on the rotation task of the test batch, then reset; arXiv:1909.13231).
 - ``continual_stream``: a long, class-sorted stream of changing corruptions, adapted on without labels, with no
   reset, a filter of unreliable samples (EATA / SAR) with and without EATA's pull toward the start, a periodic reset
-  (RDumb) and a reset on a detected shift (after Dynamic SUTA). Accuracy per round of the stream shows the collapse of continual adaptation.
+  (RDumb) and a reset on a detected shift (after Dynamic SUTA). Accuracy per round of the stream shows the collapse
+  of continual adaptation.
 
 The language world (``world.tiny``): ``nearest_neighbour_study`` asks tiny-chat chat questions about the people
 only continued pre-training saw (their statements are in the CPT corpus alone), with no adaptation, with the
