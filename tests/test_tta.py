@@ -195,7 +195,7 @@ def test_nearest_neighbour_ttt_answers_with_the_tuned_model_then_restores_it_exa
     before = {k: v.clone() for k, v in model.state_dict().items()}
     index = tta.TfidfIndex(["ada stone lives in paris .", "bo lee likes the colour red ."])
     query = "where does ada stone live ?"
-    seen = tta.nearest_neighbour_ttt(model, tokenizer, query, index, answer=lambda m: changed(before, m), k=1)
+    seen = tta.nearest_neighbour_ttt(model, tokenizer, index.nearest(query, 1), answer=lambda m: changed(before, m))
     assert seen  # the answer was given by the fine-tuned weights
     assert changed(before, model) == set()
 

@@ -172,7 +172,6 @@ class Adapter:
     forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
     anchor: float = 0.0
     optimizer: torch.optim.Optimizer = field(init=False)
-    last_loss: float = field(init=False, default=float("nan"))
     _start: tuple[dict, dict] = field(init=False, repr=False)
     _anchor_point: dict[str, torch.Tensor] = field(init=False, repr=False)
 
@@ -203,7 +202,6 @@ class Adapter:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            self.last_loss = float(loss.detach())
         if self.predict_after or self.steps == 0:
             with torch.no_grad():
                 logits = self.logits(x)
@@ -355,24 +353,23 @@ class TfidfIndex:
 def nearest_neighbour_ttt(
     model: nn.Module,
     tokenizer,
-    query: str,
-    index: TfidfIndex,
+    neighbours: Sequence[str],
     answer: Callable[[nn.Module], object],
-    k: int = 8,
     epochs: int = 1,
     lr: float = 1e-3,
 ):
-    """Hardt & Sun's test-time training on nearest neighbours (arXiv:2305.18466, sec. 3): retrieve the ``k`` texts
-    of ``index`` nearest ``query``, take one Adam step of the next-token loss on each (batch size one, nearest first,
-    ``epochs`` times), return ``answer(model)``, then restore the model's exact weights for the next query."""
+    """Hardt & Sun's test-time training on nearest neighbours (arXiv:2305.18466, sec. 3): given the training texts
+    nearest the query (``TfidfIndex.nearest``, nearest first), take one Adam step of the next-token loss on each
+    (batch size one, in that order, ``epochs`` times), return ``answer(model)``, then restore the model's exact
+    weights for the next query. The caller retrieves, so the same texts can also be given in context."""
     device = next(model.parameters()).device
-    neighbours = [text_example(tokenizer, text) for text in index.nearest(query, k)]
+    examples = [text_example(tokenizer, text) for text in neighbours]
     with restored(model):
         was_training = model.training
         model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         for _ in range(epochs):
-            for example in neighbours:
+            for example in examples:
                 ids = torch.tensor([example.input_ids], device=device)
                 loss = masked_sft_loss(model(input_ids=ids).logits, torch.tensor([example.labels], device=device))
                 optimizer.zero_grad(set_to_none=True)

@@ -147,13 +147,14 @@ def continual_stream(digits: Digits, model: DigitsCNN, plan: VisionPlan, seed: i
     continual reset every ``plan.reset_every`` batches, and continual reset
     when ``ShiftDetector`` flags the batch's pixel statistics."""
     batches, labels = corrupted_stream(digits, plan, seed)
+    batch_normalised = tta.use_batch_statistics(copy.deepcopy(model))  # BN-adapt keeps no state between batches
 
     def filtered(logits: torch.Tensor) -> torch.Tensor:
         return tta.entropy_loss(logits, tta.reliable_sample_weights(logits))
 
     runs = {
         "unadapted": lambda: [_predict(model, [b]) for b in batches],
-        "bn_adapt": lambda: [_predict(tta.use_batch_statistics(copy.deepcopy(model)), [b]) for b in batches],
+        "bn_adapt": lambda: [_predict(batch_normalised, [b]) for b in batches],
         "episodic": lambda: tta.adapt_stream(tent_adapter(model, plan.stream_lr), batches, "episodic"),
         "continual": lambda: tta.adapt_stream(tent_adapter(model, plan.stream_lr), batches),
         "continual_filtered": lambda: tta.adapt_stream(tent_adapter(model, plan.stream_lr, filtered), batches),
@@ -242,15 +243,11 @@ def nearest_neighbour_study(seed: int, plan: LanguagePlan = LANGUAGE_PLANS["tiny
 
     tuned = [
         tta.nearest_neighbour_ttt(
-            model,
-            tokenizer,
-            item.prompt,
-            index,
-            lambda m, item=item: per_sample_correct(m, tokenizer, [item])[0],
-            k=plan.neighbours,
-            lr=plan.lr,
+            model, tokenizer, texts, lambda m, item=item: per_sample_correct(m, tokenizer, [item])[0], lr=plan.lr
         )
-        for item in tqdm(items, desc="nearest-neighbour TTT", leave=False)
+        for item, texts in tqdm(
+            zip(items, nearest, strict=True), total=len(items), desc="nearest-neighbour TTT", leave=False
+        )
     ]
     return {
         "seed": seed,
