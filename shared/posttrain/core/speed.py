@@ -53,7 +53,10 @@ def training_flops(model: torch.nn.Module, examples: Sequence[Example], config: 
 def snapshot_seconds(model, tokenizer, bench: ForgettingBenchmark, repeats: int = 3, max_new_tokens: int = 16) -> dict:
     """The median seconds of one ``take_snapshot`` of ``bench``'s items and of its generation alone (``with_mc=False``)
     over ``repeats`` runs, with the item counts. Multiple choice continues the generated prompts' passes, so its cost
-    is the difference. The first run also encodes the prompts, which later snapshots remember (``chat_prompt_ids``)."""
+    is the difference. An untimed snapshot first encodes the prompts, which later snapshots remember
+    (``chat_prompt_ids``), so that neither timing carries the encoding. The difference is noisy on a loaded machine
+    and may dip below zero when multiple choice costs little."""
+    take_snapshot(model, tokenizer, bench, max_new_tokens=max_new_tokens)
     generation, snapshot = [], []
     for _ in range(repeats):
         start = time.perf_counter()
