@@ -117,3 +117,24 @@ def test_suta_lowers_the_error_on_noisy_utterances_and_resets_exactly(model, cor
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     unadapted = speech.word_error_rate(references, speech.transcribe(model, noisy))
     assert speech.word_error_rate(references, adapted) < unadapted
+
+
+def test_the_suta_table_runs_on_the_pieces_it_is_given():
+    from dataclasses import replace
+
+    from posttrain.methods import tta
+    from posttrain.studies import test_time_training as study
+
+    calls = []
+
+    def counted_restore(model, optimizer, state):
+        calls.append(1)
+        tta.restore_state(model, optimizer, state)
+
+    plan = replace(study.SPEECH_PLANS["tiny"], utterances=3, levels=(25.0,), steps=2)
+    pieces = replace(study.PACKAGE, restore_state=counted_restore)
+    table = study.suta_table(10, plan, pieces)
+    assert table["utterances"] == 3 and set(table["wer"]) == {"clean", "25"}
+    assert set(table["wer"]["25"]) == {"unadapted", "suta", "entropy_only", "relative_gain"}
+    assert len(calls) == 2 * 3  # the given reset, after every utterance of both losses
+    assert table == study.suta_table(10, plan)  # the package's pieces give the same table

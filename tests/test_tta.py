@@ -212,3 +212,33 @@ def test_corruptions_are_deterministic_clipped_and_refuse_unknown_names():
         corrupt(images, "fog", 3)
     with pytest.raises(ValueError, match="severity"):
         corrupt(images, "noise", 6)
+
+
+def test_the_shift_trigger_is_two_sided_with_the_unbiased_spread():
+    seen = torch.tensor([[0.0, 1.0], [0.2, 1.2], [-0.2, 0.8], [0.1, 1.1], [-0.1, 0.9]], dtype=torch.float64)
+    assert not tta.is_shift(seen, torch.tensor([0.6, 1.0], dtype=torch.float64), 4.0)  # z = 3.79 (biased: 4.24)
+    assert tta.is_shift(seen, torch.tensor([0.7, 1.0], dtype=torch.float64), 4.0)
+    assert tta.is_shift(seen, torch.tensor([0.0, 0.3], dtype=torch.float64), 4.0)
+    detector = tta.ShiftDetector(4.0, warmup=5, trigger=lambda seen, value, threshold: True)
+    assert [detector.update(v) for v in range(7)] == [False] * 5 + [True, False]  # after a shift, warm up again
+
+
+def test_a_saved_state_restores_exactly_however_often_it_is_loaded():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    adam = torch.optim.Adam(net.parameters(), lr=0.1)
+    x = torch.randn(8, 3)
+
+    def steps(n):
+        for _ in range(n):
+            adam.zero_grad()
+            net(x).pow(2).mean().backward()
+            adam.step()
+        return {k: v.clone() for k, v in net.state_dict().items()}
+
+    steps(1)
+    state = tta.save_state(net, adam)
+    first = steps(3)
+    for _ in range(2):
+        tta.restore_state(net, adam, state)
+        assert all(torch.equal(v, first[k]) for k, v in steps(3).items())

@@ -213,7 +213,8 @@ def sequential_curves(curve: list[dict], keys: list[str], title: str) -> plt.Fig
 
 
 def sweep_curves(xs: list[float], series: dict[str, list[float]], xlabel: str, title: str) -> plt.Figure:
-    """Lab 05: each series (a skill's accuracy) against a swept merge weight (λ or α), on a 0–1 axis."""
+    """Each series (an accuracy) against a swept quantity (Lab 05: a merge weight λ or α; Lab 06: the round of a test
+    stream), on a 0–1 axis."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for label, values in series.items():
         ax.plot(xs, values, "o-", label=label)

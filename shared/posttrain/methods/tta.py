@@ -150,6 +150,20 @@ def anchor_penalty(
     )
 
 
+def save_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Deep copies of the model's state (weights and buffers) and the optimiser's (Adam's moments and step count):
+    the start an episodic adapter goes back to."""
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+
+
+def restore_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: tuple[dict, dict]) -> None:
+    """Put ``save_state``'s copies back, exactly. The optimiser's is copied again on the way in: ``load_state_dict``
+    keeps the tensors it is given, and Adam's in-place updates would otherwise change the saved start."""
+    model_state, optimizer_state = state
+    model.load_state_dict(model_state)
+    optimizer.load_state_dict(copy.deepcopy(optimizer_state))
+
+
 @dataclass
 class Adapter:
     """Adapts ``parameters`` of ``model`` by minimising ``loss(logits)`` on each test input, without its label.
@@ -161,6 +175,7 @@ class Adapter:
     ``model(x)``, or its ``.logits`` for a transformers model). Only ``parameters`` get gradients. ``anchor`` > 0 adds
     ``anchor`` × ``anchor_penalty`` to the loss: EATA's anti-forgetting regulariser (arXiv:2204.02610, eq. 9) with
     unit weights in place of its Fisher information, i.e. Lab 02's L2-SP pull toward the starting weights.
+    ``save`` and ``restore`` take and put back the start (``save_state``, ``restore_state``).
     """
 
     model: nn.Module
@@ -171,8 +186,10 @@ class Adapter:
     predict_after: bool = False
     forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
     anchor: float = 0.0
+    save: Callable[[nn.Module, torch.optim.Optimizer], object] = save_state
+    restore: Callable[[nn.Module, torch.optim.Optimizer, object], None] = restore_state
     optimizer: torch.optim.Optimizer = field(init=False)
-    _start: tuple[dict, dict] = field(init=False, repr=False)
+    _start: object = field(init=False, repr=False)
     _anchor_point: dict[str, torch.Tensor] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -182,7 +199,7 @@ class Adapter:
         for parameter in self.parameters.values():
             parameter.requires_grad_(True)
         self.optimizer = torch.optim.Adam(self.parameters.values(), lr=self.lr)
-        self._start = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()))
+        self._start = self.save(self.model, self.optimizer)
         self._anchor_point = {name: p.detach().clone() for name, p in self.parameters.items()}
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,9 +226,7 @@ class Adapter:
 
     def reset(self) -> None:
         """Restore the model's weights and buffers and the optimiser's state to the start, exactly."""
-        model_state, optimizer_state = self._start
-        self.model.load_state_dict(model_state)
-        self.optimizer.load_state_dict(copy.deepcopy(optimizer_state))
+        self.restore(self.model, self.optimizer, self._start)
 
 
 class ShiftDetector:
@@ -224,24 +239,33 @@ class ShiftDetector:
     adaptation loss also moves with the classes of a class-sorted stream, so it misses shifts or flags classes.
     """
 
-    def __init__(self, threshold: float = 4.0, warmup: int = 5) -> None:
+    def __init__(
+        self,
+        threshold: float = 4.0,
+        warmup: int = 5,
+        trigger: Callable[[torch.Tensor, torch.Tensor, float], bool] | None = None,
+    ) -> None:
         if warmup < 2:
             raise ValueError(f"warmup must be at least 2 values to estimate a spread, got {warmup}")
-        self.threshold, self.warmup = threshold, warmup
+        self.threshold, self.warmup, self.trigger = threshold, warmup, trigger or is_shift
         self.values: list[torch.Tensor] = []
 
     def update(self, value: float | Sequence[float] | torch.Tensor) -> bool:
-        """Record ``value`` (a number or a vector of them); True, forgetting the old domain's values, when it departs
-        from them."""
+        """Record ``value`` (a number or a vector of them); True, forgetting the old domain's values, when ``trigger``
+        (``is_shift``) says it departs from them."""
         value = torch.as_tensor(value, dtype=torch.float64).flatten()
-        if len(self.values) >= self.warmup:
-            seen = torch.stack(self.values)
-            z = (value - seen.mean(0)) / seen.std(0).clamp(min=1e-8)
-            if bool((z.abs() > self.threshold).any()):
-                self.values = [value]
-                return True
+        if len(self.values) >= self.warmup and self.trigger(torch.stack(self.values), value, self.threshold):
+            self.values = [value]
+            return True
         self.values.append(value)
         return False
+
+
+def is_shift(seen: torch.Tensor, value: torch.Tensor, threshold: float) -> bool:
+    """Whether ``value`` (d,) departs from the rows of ``seen`` (n, d): the z-score of any component against their
+    mean and (unbiased) standard deviation exceeds ``threshold`` in either direction."""
+    z = (value - seen.mean(0)) / seen.std(0).clamp(min=1e-8)
+    return bool((z.abs() > threshold).any())
 
 
 def input_statistics(batch: torch.Tensor) -> torch.Tensor:
@@ -357,17 +381,21 @@ def nearest_neighbour_ttt(
     answer: Callable[[nn.Module], object],
     epochs: int = 1,
     lr: float = 1e-3,
+    save: Callable[[nn.Module, torch.optim.Optimizer], object] = save_state,
+    restore: Callable[[nn.Module, torch.optim.Optimizer, object], None] = restore_state,
 ):
     """Hardt & Sun's test-time training on nearest neighbours (arXiv:2305.18466, sec. 3): given the training texts
     nearest the query (``TfidfIndex.nearest``, nearest first), take one Adam step of the next-token loss on each
     (batch size one, in that order, ``epochs`` times), return ``answer(model)``, then restore the model's exact
-    weights for the next query. The caller retrieves, so the same texts can also be given in context."""
+    weights for the next query (``save`` / ``restore``, the episodic reset). The caller retrieves, so the same texts
+    can also be given in context."""
     device = next(model.parameters()).device
     examples = [text_example(tokenizer, text) for text in neighbours]
-    with restored(model):
-        was_training = model.training
+    was_training = model.training
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    start = save(model, optimizer)
+    try:
         model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         for _ in range(epochs):
             for example in examples:
                 ids = torch.tensor([example.input_ids], device=device)
@@ -377,3 +405,6 @@ def nearest_neighbour_ttt(
                 optimizer.step()
         model.train(was_training)
         return answer(model)
+    finally:
+        restore(model, optimizer, start)
+        model.train(was_training)

@@ -61,7 +61,8 @@ MMLU = HubDataset("cais/mmlu", None, "MIT", files=(("test", "all/test-00000-of-0
 ALPACA = HubDataset("tatsu-lab/alpaca", None, "CC BY-NC 4.0")
 COUNTERFACT = HubDataset("azhx/counterfact", None, "MIT")
 WIKITEXT = HubDataset("Salesforce/wikitext", "wikitext-2-raw-v1", "CC BY-SA 3.0")
-HUB_DATASETS = (GSM8K, ADVBENCH, MMLU, ALPACA, COUNTERFACT, WIKITEXT)
+LIBRISPEECH = HubDataset("openslr/librispeech_asr", "clean", "CC BY 4.0")
+HUB_DATASETS = (GSM8K, ADVBENCH, MMLU, ALPACA, COUNTERFACT, WIKITEXT, LIBRISPEECH)
 # Chat-formatted GSM8K pairs under Qwen2.5's tokenizer, estimated (the tokenizer is not available offline): about
 # 250 tokens on average, and 512 for the longest sequence of a batch, the length a GPU memory budget must hold.
 GSM8K_MEAN_TOKENS = 250
@@ -272,6 +273,23 @@ def load_wikitext(n: int, seed: int, loader: Loader | None = None, min_chars: in
     if not 0 < n <= len(paragraphs):
         raise ValueError(f"asked for {n} WikiText paragraphs; the split has {len(paragraphs)} long enough")
     return random.Random(seed).sample(paragraphs, n)
+
+
+def load_librispeech(n: int, seed: int, loader: Loader | None = None) -> list[tuple[str, Any]]:
+    """``n`` LibriSpeech test-clean utterances (``openslr/librispeech_asr``, ``clean``, ``test``; Panayotov et al. 2015)
+    as (lower-case text, float32 waveform at 16 kHz) pairs: SUTA's colab data (arXiv:2203.14222). A row's ``audio``
+    is read as the ``datasets`` Audio feature gives it (``array``, ``sampling_rate``); a rate other than 16 kHz is an
+    error that says to resample."""
+    import numpy as np
+
+    rows = _sample(_load(LIBRISPEECH, "test", ("text", "audio"), loader), n, seed, LIBRISPEECH.hub_id)
+    utterances = []
+    for row in rows:
+        rate = int(row["audio"]["sampling_rate"])
+        if rate != 16000:
+            raise ValueError(f"a LibriSpeech row is sampled at {rate} Hz, not 16000: resample it to 16 kHz")
+        utterances.append((row["text"].lower(), np.asarray(row["audio"]["array"], dtype=np.float32)))
+    return utterances
 
 
 def load_advbench(n: int, seed: int, loader: Loader | None = None) -> list[Item]:

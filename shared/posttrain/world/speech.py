@@ -20,8 +20,10 @@ import random
 import shutil
 import subprocess
 import wave
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -198,6 +200,13 @@ def add_noise(audio: np.ndarray, snr_db: float, seed: int = 0) -> np.ndarray:
     return audio + noise * np.sqrt(power / 10 ** (snr_db / 10))
 
 
+def add_gaussian_noise(audio: np.ndarray, std: float, seed: int = 0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """``audio`` plus white Gaussian noise of standard deviation ``std`` on the waveform, drawn from ``seed``: SUTA's
+    LibriSpeech + 0.005 / + 0.01 (arXiv:2203.14222, table 1), the colab profile's shift."""
+    audio = check_audio(audio, sample_rate, sample_rate)
+    return audio + std * np.random.default_rng(seed).standard_normal(audio.shape).astype(np.float32)
+
+
 def reverberate(audio: np.ndarray, decay_s: float = 0.3, seed: int = 0) -> np.ndarray:
     """``audio`` in a synthetic room: convolved with exponentially decaying noise (an RT60 of ``decay_s`` seconds,
     the amplitude falling 60 dB over it), the direct path kept at 1, then scaled back to the input's peak."""
@@ -316,16 +325,47 @@ def train_speech_model(
     return model.eval()
 
 
-def transcribe(model, audios: list[np.ndarray], batch_size: int = 32) -> list[str]:
-    """Greedy CTC transcripts of ``audios`` by a ``Wav2Vec2ForCTC`` over ``CHARACTERS``."""
+def transcribe(
+    model, audios: list[np.ndarray], decode: Callable[[Sequence[int]], str] = greedy_ctc_decode, batch_size: int = 32
+) -> list[str]:
+    """Greedy CTC transcripts of ``audios`` by a ``Wav2Vec2ForCTC``: each frame's arg-max, read by ``decode`` (by
+    default ``greedy_ctc_decode`` over ``CHARACTERS``)."""
     import torch
 
     texts = []
     with torch.no_grad():
         for start in range(0, len(audios), batch_size):
-            logits = model(batch_inputs(audios[start : start + batch_size])).logits
-            texts += [greedy_ctc_decode(row) for row in logits.argmax(-1)]
+            logits = model(batch_inputs(audios[start : start + batch_size]).to(model.device)).logits
+            texts += [decode(row.tolist()) for row in logits.argmax(-1)]
     return texts
+
+
+@dataclass(frozen=True)
+class Recogniser:
+    """A CTC speech model with the decoder of its vocabulary and the sample rate it hears."""
+
+    model: Any
+    decode: Callable[[Sequence[int]], str]
+    sample_rate: int
+
+
+def load_recogniser(name_or_path: str | Path = MODEL_DIR, device: str = "cpu") -> Recogniser:
+    """The shipped tiny-asr (``CHARACTERS``, ``greedy_ctc_decode``, ``SAMPLE_RATE``) when ``name_or_path`` is a folder
+    without a tokenizer; otherwise a hub name or folder with a ``Wav2Vec2Processor`` (``facebook/wav2vec2-base-960h``):
+    its tokenizer's CTC decoding (repeats merged, blanks dropped, ``|`` to spaces), lower-cased for WER against the
+    lower-case texts, and its feature extractor's sampling rate. The model is in eval mode."""
+    from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
+
+    path = Path(name_or_path)
+    if path.is_dir() and not (path / "vocab.json").exists():
+        return Recogniser(load_speech_model(path).to(device), greedy_ctc_decode, SAMPLE_RATE)
+    processor = Wav2Vec2Processor.from_pretrained(str(name_or_path))
+    model = Wav2Vec2ForCTC.from_pretrained(str(name_or_path)).to(device).eval()
+
+    def decode(ids: Sequence[int]) -> str:
+        return processor.tokenizer.decode(list(ids)).lower()
+
+    return Recogniser(model, decode, processor.feature_extractor.sampling_rate)
 
 
 def load_speech_model(path: Path = MODEL_DIR):
