@@ -229,6 +229,13 @@ class Adapter:
         self.restore(self.model, self.optimizer, self._start)
 
 
+def is_shift(seen: torch.Tensor, value: torch.Tensor, threshold: float) -> bool:
+    """Whether ``value`` (d,) departs from the rows of ``seen`` (n, d): the z-score of any component against their
+    mean and (unbiased) standard deviation exceeds ``threshold`` in either direction."""
+    z = (value - seen.mean(0)) / seen.std(0).clamp(min=1e-8)
+    return bool((z.abs() > threshold).any())
+
+
 class ShiftDetector:
     """Flags a distribution shift when a per-input statistic jumps: the z-score of any of its components against the
     values seen since the last shift exceeds ``threshold`` in either direction, once ``warmup`` values are in.
@@ -243,11 +250,11 @@ class ShiftDetector:
         self,
         threshold: float = 4.0,
         warmup: int = 5,
-        trigger: Callable[[torch.Tensor, torch.Tensor, float], bool] | None = None,
+        trigger: Callable[[torch.Tensor, torch.Tensor, float], bool] = is_shift,
     ) -> None:
         if warmup < 2:
             raise ValueError(f"warmup must be at least 2 values to estimate a spread, got {warmup}")
-        self.threshold, self.warmup, self.trigger = threshold, warmup, trigger or is_shift
+        self.threshold, self.warmup, self.trigger = threshold, warmup, trigger
         self.values: list[torch.Tensor] = []
 
     def update(self, value: float | Sequence[float] | torch.Tensor) -> bool:
@@ -259,13 +266,6 @@ class ShiftDetector:
             return True
         self.values.append(value)
         return False
-
-
-def is_shift(seen: torch.Tensor, value: torch.Tensor, threshold: float) -> bool:
-    """Whether ``value`` (d,) departs from the rows of ``seen`` (n, d): the z-score of any component against their
-    mean and (unbiased) standard deviation exceeds ``threshold`` in either direction."""
-    z = (value - seen.mean(0)) / seen.std(0).clamp(min=1e-8)
-    return bool((z.abs() > threshold).any())
 
 
 def input_statistics(batch: torch.Tensor) -> torch.Tensor:
