@@ -549,7 +549,110 @@ LAB05 = [
 ]
 
 
-CLAIMS: dict[str, list[Claim]] = {"01": LAB01, "02": LAB02, "03": LAB03, "04": LAB04, "05": LAB05}
+# --- Lab 06: test-time training (posttrain.studies.test_time_training.run) -------------------------------------------
+
+
+def _lab06_mean(results: dict) -> dict[str, float]:
+    return results["vision"]["corruptions"]["mean"]
+
+
+def _lab06_last(results: dict) -> dict[str, float]:
+    """Each stream method's accuracy in the stream's last round."""
+    return {method: curve[-1] for method, curve in results["vision"]["stream"].items()}
+
+
+def _lab06_levels(results: dict) -> list[dict]:
+    """SUTA's rows, one per noise level in the plan's order (least noisy first)."""
+    speech = results["speech"]
+    return [speech["wer"][f"{level:g}"] for level in speech["plan"]["levels"]]
+
+
+LAB06 = [
+    Claim(
+        "06",
+        "tent_beats_unadapted",
+        "TENT improves corrupted-digit accuracy by >= 5 points over the unadapted model (mean of four corruptions)",
+        lambda r: _lab06_mean(r)["tent"] - _lab06_mean(r)["unadapted"] - 0.05,
+    ),
+    Claim(
+        "06",
+        "tent_is_bn_adapt",
+        "... and BN-adapt does as well, within 3 points: on 8×8 digits the gain is the test batch's statistics",
+        lambda r: 0.03 - abs(_lab06_mean(r)["tent"] - _lab06_mean(r)["bn_adapt"]),
+    ),
+    Claim(
+        "06",
+        "pretext_below_bn_adapt",
+        "pretext TTT (rotation) stays below BN-adapt (the measured result: one seed of three is below no adaptation)",
+        lambda r: _lab06_mean(r)["bn_adapt"] - _lab06_mean(r)["pretext"],
+        strict=True,
+    ),
+    Claim(
+        "06",
+        "suta_lowers_wer_everywhere",
+        "SUTA lowers the WER at every evaluated noise level",
+        lambda r: min(row["unadapted"] - row["suta"] for row in _lab06_levels(r)),
+        strict=True,
+    ),
+    Claim(
+        "06",
+        "suta_gains_most_when_noisiest",
+        "... by >= 20 % relative at the noisiest level",
+        lambda r: _lab06_levels(r)[-1]["relative_gain"] - 0.2,
+    ),
+    Claim(
+        "06",
+        "continual_collapses",
+        "on the long class-sorted stream, continual TENT without reset ends below the unadapted model",
+        lambda r: _lab06_last(r)["unadapted"] - _lab06_last(r)["continual"],
+        strict=True,
+    ),
+    Claim(
+        "06",
+        "periodic_reset_holds",
+        "... while a periodic reset (RDumb) ends above it",
+        lambda r: _lab06_last(r)["periodic_reset"] - _lab06_last(r)["unadapted"],
+        strict=True,
+    ),
+    Claim(
+        "06",
+        "shift_reset_holds",
+        "... and so does a reset on a detected shift (after Dynamic SUTA)",
+        lambda r: _lab06_last(r)["shift_reset"] - _lab06_last(r)["unadapted"],
+        strict=True,
+    ),
+    Claim(
+        "06",
+        "filter_alone_collapses",
+        "EATA's sample filter alone does not stop the collapse (ends below the unadapted model)",
+        lambda r: _lab06_last(r)["unadapted"] - _lab06_last(r)["continual_filtered"],
+        strict=True,
+    ),
+    Claim(
+        "06",
+        "eata_anchor_holds",
+        "... with EATA's pull toward the start it ends above the unadapted model",
+        lambda r: _lab06_last(r)["eata"] - _lab06_last(r)["unadapted"],
+        strict=True,
+    ),
+    Claim(
+        "06",
+        "nn_ttt_answers_cpt_facts",
+        "nearest-neighbour TTT answers more CPT-only questions than no adaptation",
+        lambda r: r["language"]["nearest_neighbour_ttt"] - r["language"]["no_adaptation"],
+        strict=True,
+    ),
+    Claim(
+        "06",
+        "nn_ttt_beats_in_context",
+        "... and more than the same retrieval given in the prompt (the measured result of the tiny world)",
+        lambda r: r["language"]["nearest_neighbour_ttt"] - max(r["language"]["in_context"].values()),
+        strict=True,
+    ),
+]
+
+
+CLAIMS: dict[str, list[Claim]] = {"01": LAB01, "02": LAB02, "03": LAB03, "04": LAB04, "05": LAB05, "06": LAB06}
 
 
 def claim(lab: str, name: str) -> Claim:
@@ -614,6 +717,10 @@ def package_results(lab: str, seed: int) -> dict:
         from posttrain.studies.task_vectors_and_merging import PLANS, run
 
         return run(resolve_profile("tiny"), PLANS["tiny"], seed)
+    if lab == "06":
+        from posttrain.studies.test_time_training import run
+
+        return run(seed)
     bench = lab_benchmark(lab, seed)
     if lab == "01":
         from posttrain.studies.finetune_and_forget import learning_rate_sweep

@@ -373,3 +373,29 @@ def test_the_chat_vector_adds_chat_minus_base_to_the_continued_pretraining():
     torch.testing.assert_close(merged, torch.tensor([2.0, 2.5]))
     with pytest.raises(ValueError, match="vocabularies differ"):
         merging.chat_vector({"w": torch.zeros(3)}, chat, base)
+
+
+def test_the_lab_s_scorer_scores_equal_weights_once_and_changed_weights_again(monkeypatch):
+    from posttrain.core.evaluate import Item
+    from posttrain.studies import task_vectors_and_merging as study
+
+    model = torch.nn.Linear(2, 2)
+    state = study.state_of(model)
+    assert study.weights_digest(state) == study.weights_digest({k: v.clone() for k, v in state.items()})
+    nudged = {k: v.clone() for k, v in state.items()}
+    nudged["bias"][0] = torch.nextafter(nudged["bias"][0], torch.tensor(1e9))
+    assert study.weights_digest(nudged) != study.weights_digest(state), "one ulp changes the digest"
+
+    asked = []
+
+    def fake_scores(model, tokenizer, skills):
+        asked.append(sorted(skills))
+        return {name: [bool(model.bias[0] > 0)] * len(items) for name, items in skills.items()}
+
+    monkeypatch.setattr(study, "skill_scores", fake_scores)
+    items = {name: [Item(name, "q", "a", (), 0)] for name in ("a", "b")}
+    score = study.Scorer(model, None, items, default=["a"])
+    score(state), score({k: v.clone() for k, v in state.items()}), score(state, ["a", "b"])
+    assert asked == [["a"], ["b"]], "a repeated state is scored once, and only on the skills not yet scored"
+    score(nudged)
+    assert asked[-1] == ["a"] and len(asked) == 3

@@ -21,6 +21,7 @@ profile runs the chat vector on Qwen2.5-0.5B: ``colab_chat_vector``.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -98,20 +99,39 @@ def skill_items(world: World, plan: Plan) -> dict[str, list[Item]]:
 class Scorer:
     """Scores state dicts on the lab's items with one model object (``load_state_dict`` and score): per-sample
     correctness (``scores``) and accuracies (``__call__``), on ``skills`` or on the ``default`` ones (the chat
-    vector alone asks about the CPT-only people)."""
+    vector alone asks about the CPT-only people).
+
+    Scores are kept per weights (``weights_digest``) and skill: the lab scores tiny-chat itself in four experiments
+    and as the weight-0 end of both safety-merge sweeps, and greedy decoding gives an item the same reply whatever
+    else is in its batch (``core.evaluate.correct_with_choices``), so a repeated state is scored once."""
 
     def __init__(self, model, tokenizer, items: dict[str, list[Item]], default: Sequence[str] | None = None):
         self.model, self.tokenizer, self.items = model, tokenizer, items
         self.default = tuple(default or items)
+        self._known: dict[str, dict[str, list[bool]]] = {}
 
     def scores(self, state: Mapping[str, torch.Tensor], skills: Sequence[str] | None = None) -> dict[str, list[bool]]:
-        self.model.load_state_dict(state)
-        self.model.eval()
-        chosen = {name: self.items[name] for name in (skills or self.default)}
-        return skill_scores(self.model, self.tokenizer, chosen)
+        names = tuple(skills or self.default)
+        known = self._known.setdefault(weights_digest(state), {})
+        missing = [name for name in names if name not in known]
+        if missing:
+            self.model.load_state_dict(state)
+            self.model.eval()
+            known.update(skill_scores(self.model, self.tokenizer, {name: self.items[name] for name in missing}))
+        return {name: known[name] for name in names}
 
     def __call__(self, state: Mapping[str, torch.Tensor], skills: Sequence[str] | None = None) -> dict[str, float]:
         return {name: accuracy(correct) for name, correct in self.scores(state, skills).items()}
+
+
+def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """A digest of a state dict's names, dtypes, shapes and exact bytes: equal digests, equal weights."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in state.items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def state_of(model) -> State:
@@ -207,10 +227,12 @@ def safety_merge(
 ) -> dict[str, dict]:
     """Lab 01's fine-tune merged back toward tiny-chat: θ_chat + α (θ_ft − θ_chat) over α (linear: the chat vector's
     formula θ_a + λ (θ_b − θ_c) with a = c = tiny-chat, computed by ``combine``) and θ_chat + α trim(τ) (TIES's trim
-    of the one task vector, density ``safety_density``, through ``steps``). For each: accuracies, and per-sample
+    of the one task vector, density ``safety_density``, through ``steps``). For each: accuracies on Lab 01's new task
+    (multiplication) and the old skills, and per-sample
     forgetting (``sample_wise``, share of old items right before and wrong after, chance-adjusted) of tiny-chat →
     merged."""
-    before = score.scores(chat)
+    skills = ("multiplication", *OLD_SKILLS)  # Lab 01's new task and the old skills
+    before = score.scores(chat, skills)
     ties = {weight: Merge("ties", densities=(plan.safety_density,), scale=weight) for weight in plan.safety_weights}
     merges = {
         "linear": lambda weight: combine(chat, tuned, chat, weight),
@@ -220,7 +242,7 @@ def safety_merge(
     for kind, merged in merges.items():
         rows[kind] = {}
         for weight in tqdm(plan.safety_weights, desc=f"safety merge ({kind})"):
-            after = score.scores(merged(weight))
+            after = score.scores(merged(weight), skills)
             rows[kind][str(weight)] = {
                 "accuracy": {name: accuracy(c) for name, c in after.items()},
                 "forgetting": {
