@@ -35,6 +35,7 @@ PARTIAL_ANSWERS = {
     "03_replay_and_self_distillation": ("task4_reverse_kl", "task5_bhattacharyya"),
     "04_causal_tracing_and_rome": ("task1_trace_effects", "task2_n_gram_entropy"),
     "05_task_vectors_and_merging": ("task1_task_vector", "task2_ties"),
+    "06_test_time_training": ("task1_entropy_tent", "task2_suta_loss"),
 }
 # The grade each lab's sample class must get: the solution 100, the blank release 0, the partly solved notebook the
 # points of the tasks it solves.
@@ -49,6 +50,9 @@ PARTIAL_SCORES = {
     "04_causal_tracing_and_rome": 40,
     # tasks 1 (15) and 2 (25); without DARE (task 3) and the chat vector (task 4) the merges of tasks 5 and 6 fail
     "05_task_vectors_and_merging": 40,
+    # tasks 1 (20) and 2 (25); without the episodic reset (task 3) and the shift trigger (task 4) no experiment runs,
+    # so tasks 5 and 6 fail with them
+    "06_test_time_training": 45,
 }
 
 

@@ -162,6 +162,8 @@ HUB_FILES = {
     ("tatsu-lab/alpaca", None, "train", None): "alpaca_train.jsonl",
     ("azhx/counterfact", None, "test", None): "counterfact_test.jsonl",
     ("Salesforce/wikitext", "wikitext-2-raw-v1", "train", None): "wikitext_2_train.jsonl",
+    # four of the shipped corpus' test utterances, resampled to 16 kHz, in LibriSpeech's row schema
+    ("openslr/librispeech_asr", "clean", "test", None): "librispeech_clean_test.jsonl",
 }
 
 
@@ -178,6 +180,46 @@ def hub_loader(tmp_path_factory):
         return datasets.load_dataset("json", data_files=data_file, split="train", cache_dir=cache)
 
     return load
+
+
+@pytest.fixture
+def tiny_wav2vec2_dir(tmp_path) -> Path:
+    """A folder holding a tiny random ``Wav2Vec2ForCTC`` (16 kHz, group-normalised feature extractor, 2 layers of
+    width 32) and a ``Wav2Vec2Processor`` with an upper-case character vocabulary (``|`` between words): the colab
+    profile's facebook/wav2vec2-base-960h in miniature, for Lab 06's colab path."""
+    import json
+
+    import torch
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
+    )
+
+    vocab = ["<pad>", "<s>", "</s>", "<unk>", "|", *"ETAONISRHDLUCMFWYGPBVKXJQZ'"]
+    (tmp_path / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    tokenizer = Wav2Vec2CTCTokenizer(str(tmp_path / "vocab.json"), word_delimiter_token="|")
+    features = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True)
+    Wav2Vec2Processor(feature_extractor=features, tokenizer=tokenizer).save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16, 16),
+        conv_stride=(5, 4, 4),
+        conv_kernel=(10, 4, 4),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        feat_extract_norm="group",
+        pad_token_id=0,
+    )
+    Wav2Vec2ForCTC(config).save_pretrained(tmp_path)
+    return tmp_path
 
 
 @pytest.fixture

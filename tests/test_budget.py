@@ -83,3 +83,16 @@ def test_the_gpt2_xl_shape_counts_gpt2_xl_s_parameters():
         model = GPT2LMHeadModel(GPT2Config(n_embd=1600, n_layer=48, n_head=25))
     assert sum(p.numel() for p in model.parameters()) == GPT2_XL.parameters
     assert (GPT2_XL.layers, GPT2_XL.hidden, GPT2_XL.intermediate, GPT2_XL.vocab) == (48, 1600, 6400, 50257)
+
+
+def test_the_wav2vec2_shape_counts_wav2vec2_base_and_suta_s_parameters():
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    from posttrain.core.budget import WAV2VEC2_BASE
+    from posttrain.methods.tta import suta_parameters
+    from posttrain.studies.test_time_training import colab_budget
+
+    model = Wav2Vec2ForCTC(Wav2Vec2Config(vocab_size=32))  # wav2vec2-base-960h's architecture, random weights
+    assert sum(p.numel() for p in model.parameters()) == WAV2VEC2_BASE.parameters
+    (run,) = colab_budget().runs
+    assert sum(p.numel() for p in suta_parameters(model).values()) == run.trainable

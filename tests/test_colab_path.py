@@ -2,7 +2,8 @@
 Qwen2.5-0.5B-Instruct and local fixtures in the real schemas stand in for GSM8K, AdvBench and MMLU; everything else
 (loading, chat template, masking, training, generation, scoring, multiple choice and the sample-wise table) is the
 code the notebook runs on a Colab GPU. Lab 04: a tiny random GPT-2 with a byte-level BPE tokenizer stands in for
-GPT-2 XL, fixtures in CounterFact's and WikiText's schemas for the hub data."""
+GPT-2 XL, fixtures in CounterFact's and WikiText's schemas for the hub data. Lab 06: a tiny random Wav2Vec2ForCTC with
+a Wav2Vec2Processor stands in for wav2vec2-base-960h, a fixture in LibriSpeech's schema for test-clean."""
 
 from __future__ import annotations
 
@@ -111,3 +112,28 @@ def test_lab05_chat_vector_runs_on_the_colab_code_path(tiny_qwen2_dir, hub_loade
     assert set(rows) == {"chat", "cpt", "cpt + 1.0 chat vector"}
     assert set(rows["chat"]) == {"gsm8k", "json_open", "refusal_open", "chat"}
     assert all(0.0 <= v <= 1.0 for row in rows.values() for v in row.values())
+
+
+def test_lab06_suta_runs_on_the_colab_code_path(tiny_wav2vec2_dir, hub_loader):
+    """facebook/wav2vec2-base-960h's path in miniature: the processor's vocabulary and sampling rate, LibriSpeech rows
+    from the fixture, SUTA's waveform noise of a given std, and the table the notebook prints."""
+    import dataclasses
+
+    from posttrain.studies import test_time_training as study
+    from posttrain.world import speech
+
+    recogniser = speech.load_recogniser(tiny_wav2vec2_dir)
+    assert recogniser.sample_rate == 16000
+    # repeats merged, blanks dropped, a blank between repeats keeps both, "|" between words; lower-cased for WER
+    assert recogniser.decode([0, 12, 12, 0, 5, 4, 9]) == "re n" and recogniser.decode([12, 0, 12]) == "rr"
+
+    plan = dataclasses.replace(study.SPEECH_PLANS["colab"], recogniser=str(tiny_wav2vec2_dir), utterances=3, steps=2)
+    assert plan.noise == "std" and plan.levels == (0.0, 0.005, 0.01)
+    texts, audios = study.speech_test_set(plan, 0, hub_loader)
+    assert len(texts) == 3 and all(t == t.lower() for t in texts) and all(a.dtype.name == "float32" for a in audios)
+
+    table = study.suta_table(0, plan, loader=hub_loader)
+    assert table["utterances"] == 3 and set(table["wer"]) == {"clean", "0", "0.005", "0.01"}
+    for row in (table["wer"][level] for level in ("0", "0.005", "0.01")):
+        assert {"unadapted", "suta", "entropy_only", "relative_gain"} <= set(row)
+        assert all(row[k] >= 0.0 for k in ("unadapted", "suta", "entropy_only"))

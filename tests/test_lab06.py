@@ -1,75 +1,98 @@
-"""Lab 06 over the lab's three seeds: the vision world (``posttrain.studies.test_time_training.run_vision``) and
-nearest-neighbour TTT on tiny-chat (``nearest_neighbour_study``).
+"""Lab 06 end to end, over three seeds: seed 0 is the executed solution notebook (its ``results/06.json``, whose
+experiments ran on the solution's own entropy loss, TENT parameters, SUTA loss, episodic reset and shift trigger),
+seeds 1 and 2 run ``posttrain.studies.test_time_training.run``. A seed changes the digits' train/test split, the CNN's
+initialisation and batches and the corruptions' noise, the 50 test utterances and their noise, and the templates of
+the chat questions.
 
-The claims of issue #18 for the digits, on the tiny profile (docs/labs/06_test_time_training.md has the numbers; the
-settings were chosen on development seeds 10 and 11). A seed changes the train/test split, the CNN's initialisation
-and batches, and the corruptions' noise:
-- TENT improves corrupted-digit accuracy by >= 5 points over the unadapted model (mean over the four corruptions);
-  BN-adapt beside it does as well: on 8×8 digits the gain is the test batch's statistics, not the entropy gradient;
-- on the long class-sorted stream, continual TENT without reset ends below the unadapted model, while a periodic
-  reset and a reset on a detected shift end above it.
-What the tiny world measured beyond the claims is asserted as measured: EATA's filter alone collapses as fast as
-plain continual TENT, and with its pull toward the start it does not; pretext TTT is not reliably better than no
-adaptation (one seed of three is worse) and stays below BN-adapt.
-
-For the language world (a seed draws the question templates): nearest-neighbour TTT answers more chat questions
-about the CPT-only people than no adaptation, and more than the same retrieval given in the prompt.
+Claims of issue #18, defined once as margins in ``autograder.claims`` and asserted on the tiny profile
+(docs/labs/06_test_time_training.md has the numbers; the settings were chosen on development seeds 10 and 11):
+- TENT improves corrupted-digit accuracy by >= 5 points over the unadapted model; BN-adapt does as well (on 8×8
+  digits the gain is the test batch's statistics) and pretext TTT stays below it;
+- SUTA lowers the WER at every SNR whose noise shifts the recogniser, by >= 20 % relative at the noisiest; the
+  issue's "at every evaluated SNR" is not met: at 30 dB, where the noise leaves the WER at the clean one, SUTA moves
+  it a few words either way (measured, asserted as such);
+- on the long class-sorted stream, continual TENT collapses below the unadapted model; a periodic reset, a reset on a
+  detected shift and EATA's anchor hold, EATA's filter alone does not;
+- nearest-neighbour TTT answers more chat questions about the CPT-only people than no adaptation, and more than the
+  same retrieval given in the prompt.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from posttrain.studies.test_time_training import STREAM_METHODS, nearest_neighbour_study, run_vision
+from autograder.claims import CLAIMS, claim, notebook_results, package_results
+from autograder.demo import expected_scores
+from posttrain.studies.test_time_training import STREAM_METHODS
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", params=[0, 1, 2], ids=lambda s: f"seed{s}")
-def results(request) -> dict:
-    return run_vision(request.param)
+def results(request, sample_class) -> dict:
+    if request.param == 0:  # the solution notebook, executed once: while its sample class is graded
+        return notebook_results("06", sample_class("06").notebook_results())
+    return package_results("06", request.param)
 
 
 def test_the_cnn_learns_clean_digits_and_the_corruptions_break_it(results):
-    assert results["clean_accuracy"] >= 0.95
-    assert results["corruptions"]["mean"]["unadapted"] <= 0.5
+    assert results["vision"]["clean_accuracy"] >= 0.95
+    assert results["vision"]["corruptions"]["mean"]["unadapted"] <= 0.5
 
 
 def test_tent_improves_corrupted_accuracy_and_the_batch_statistics_do_the_work(results):
-    mean = results["corruptions"]["mean"]
-    assert mean["tent"] - mean["unadapted"] >= 0.05
-    assert abs(mean["tent"] - mean["bn_adapt"]) <= 0.03  # the entropy step adds nothing measurable here
+    claim("06", "tent_beats_unadapted").check(results)
+    claim("06", "tent_is_bn_adapt").check(results)
+    claim("06", "pretext_below_bn_adapt").check(results)
+    assert results["vision"]["corruptions"]["mean"]["pretext"] > 0.0
 
 
-def test_pretext_ttt_is_reported_and_stays_below_bn_adapt(results):
-    mean = results["corruptions"]["mean"]
-    assert 0.0 < mean["pretext"] < mean["bn_adapt"]
+def test_suta_lowers_the_wer_where_noise_shifts_the_recogniser(results):
+    claim("06", "suta_lowers_wer_under_noise").check(results)
+    claim("06", "suta_gains_most_when_noisiest").check(results)
+    wer = results["speech"]["wer"]
+    rows = [wer[f"{level:g}"] for level in results["speech"]["plan"]["levels"]]
+    assert all({"unadapted", "suta", "entropy_only", "relative_gain"} <= set(row) for row in rows), "ablation reported"
+    unadapted = [row["unadapted"] for row in rows]
+    assert unadapted == sorted(unadapted) and unadapted[0] <= 0.3 and unadapted[-1] >= 0.5, "the levels span the WER"
+
+
+def test_where_noise_does_not_shift_the_recogniser_suta_moves_the_wer_little(results):
+    claim("06", "suta_acts_on_the_shift").check(results)
+    least_noisy = results["speech"]["wer"][f"{results['speech']['plan']['levels'][0]:g}"]
+    assert least_noisy["unadapted"] - results["speech"]["wer"]["clean"] < 0.1, "the control level is not shifted"
 
 
 def test_continual_adaptation_collapses_and_resets_prevent_it(results):
-    last = {method: curve[-1] for method, curve in results["stream"].items()}
-    assert set(last) == set(STREAM_METHODS)
-    assert last["continual"] < last["unadapted"]
-    assert last["periodic_reset"] > last["unadapted"]
-    assert last["shift_reset"] > last["unadapted"]
-    assert results["stream"]["continual"][0] > last["continual"]  # it drifts: the first round was better
+    stream = results["vision"]["stream"]
+    assert set(stream) == set(STREAM_METHODS)
+    for name in ("continual_collapses", "periodic_reset_holds", "shift_reset_holds"):
+        claim("06", name).check(results)
+    assert stream["continual"][0] > stream["continual"][-1], "it drifts: the first round was better"
 
 
 def test_eatas_filter_alone_collapses_and_its_anchor_holds(results):
-    last = {method: curve[-1] for method, curve in results["stream"].items()}
-    assert last["continual_filtered"] < last["unadapted"]
-    assert last["eata"] > last["unadapted"]
+    claim("06", "filter_alone_collapses").check(results)
+    claim("06", "eata_anchor_holds").check(results)
+    last = {method: curve[-1] for method, curve in results["vision"]["stream"].items()}
     assert last["episodic"] == pytest.approx(last["bn_adapt"], abs=0.02)
 
 
-@pytest.fixture(scope="module", params=[0, 1, 2], ids=lambda s: f"seed{s}")
-def language(request) -> dict:
-    return nearest_neighbour_study(request.param)
-
-
-def test_nearest_neighbour_ttt_answers_what_only_the_cpt_corpus_says(language):
+def test_nearest_neighbour_ttt_answers_what_only_the_cpt_corpus_says(results):
+    claim("06", "nn_ttt_answers_cpt_facts").check(results)
+    claim("06", "nn_ttt_beats_in_context").check(results)
+    language = results["language"]
     assert language["retrieved_about_the_person"] == 1.0  # TF-IDF finds a statement about the person asked about
     assert language["no_adaptation"] <= 0.1
-    assert language["nearest_neighbour_ttt"] - language["no_adaptation"] >= 0.15
-    assert language["nearest_neighbour_ttt"] > max(language["in_context"].values())
     assert language["in_context"]["1"] > language["no_adaptation"]  # the statement in the prompt helps a little
+
+
+def test_every_claim_of_lab06_is_asserted_here():
+    text = open(__file__).read()
+    assert all(f'"{c.name}"' in text for c in CLAIMS["06"])
+
+
+def test_the_sample_class_gets_exact_grades_in_the_sandbox_on_two_workers(sample_class):
+    graded = sample_class("06")
+    assert graded.scores() == expected_scores(graded.lab)
+    assert {r.max_score for r in graded.results.values()} == {100}

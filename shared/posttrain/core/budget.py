@@ -12,7 +12,7 @@ float32 output, 12 bytes per token and vocabulary entry. Any other full copy a l
 Fisher diagonal, a model the notebook keeps loaded) is 4 bytes per parameter.
 
 Time: a training step costs 6 P FLOPs per token (Kaplan et al. 2020, arXiv:2001.08361, sec. 2.1), at an assumed
-sustained fraction of the GPU's 16-bit peak; greedy decoding reads every float32 weight once per generated token, at
+sustained fraction of the GPU's 16-bit peak (its float32 peak for a model that computes in float32); greedy decoding reads every float32 weight once per generated token, at
 an assumed fraction of the memory bandwidth. Both fractions are assumptions until a GPU run measures them.
 """
 
@@ -37,6 +37,7 @@ class ModelShape:
     intermediate: int
     kv_width: int
     vocab: int
+    frontend_bytes_per_token: int = 0  # activations of a front end before the blocks, in 16-bit bytes per token
 
 
 # Qwen/Qwen2.5-0.5B-Instruct's config.json: 24 layers, hidden 896, MLP 4864, 2 key/value heads of 64, tied embeddings.
@@ -44,21 +45,29 @@ QWEN2_5_0_5B = ModelShape("Qwen/Qwen2.5-0.5B-Instruct", 494_032_768, 24, 896, 48
 # gpt2-xl's config.json: 48 layers, n_embd 1600, MLP 4 × 1600, 25 heads of 64 (no grouped keys), vocabulary 50 257.
 # Its activations are counted with the Llama/Qwen2 block's formula, an upper bound for GPT-2's two-matrix MLP.
 GPT2_XL = ModelShape("gpt2-xl", 1_557_611_200, 48, 1600, 6400, 1600, 50_257)
+# facebook/wav2vec2-base-960h (Baevski et al. 2020, arXiv:2006.11477): 12 post-norm blocks of width 768, MLP 3072, a
+# 32-character CTC head; one "token" is a 20 ms frame. Its convolutional feature encoder (7 layers of 512 channels,
+# strides 5, 2, 2, 2, 2, 2, 2) computes 64 + 32 + 16 + 8 + 4 + 2 + 1 = 127 positions per frame, each keeping its
+# convolution's and GELU's outputs (and the first layer's group norm, 64 more), 4 bytes each: 651 264 bytes per frame
+# in float32, 325 632 counted as 16-bit. The blocks are counted with the Llama formula (an upper bound for GELU's MLP).
+WAV2VEC2_BASE = ModelShape("facebook/wav2vec2-base-960h", 94_396_320, 12, 768, 3072, 768, 32, 325_632)
 
 
 @dataclass(frozen=True)
 class GPU:
-    """A GPU's memory, its 16-bit tensor-core peak and memory bandwidth, and the assumed sustained fractions."""
+    """A GPU's memory, its 16-bit tensor-core and float32 peaks and memory bandwidth, and the assumed sustained
+    fractions."""
 
     name: str
     memory_gb: float
     peak_tflops: float
+    fp32_tflops: float
     bandwidth_gbs: float
     compute_share: float = 0.3
     bandwidth_share: float = 0.5
 
 
-T4 = GPU("T4", memory_gb=15.0, peak_tflops=65.0, bandwidth_gbs=320.0)
+T4 = GPU("T4", memory_gb=15.0, peak_tflops=65.0, fp32_tflops=8.1, bandwidth_gbs=320.0)
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,7 @@ class TrainingRun:
     repeats: int = 1
     autocast: bool = True  # False: a float32 pass (activations and logits twice as large, no 16-bit weight copies)
     optimizer: bool = True  # False: gradients only, no AdamW moments (EWC's Fisher pass)
+    fp32_math: bool = False  # True: the model computes in float32 (timed at the GPU's float32 peak)
 
 
 @dataclass(frozen=True)
@@ -96,12 +106,13 @@ class LabBudget:
 
 
 def activation_bytes_per_token(shape: ModelShape) -> int:
-    """Bytes of activations one token keeps for the backward pass through all layers (see the module docstring)."""
+    """Bytes of activations one token keeps for the backward pass through all layers and the model's front end (see
+    the module docstring)."""
     h, i, kv = shape.hidden, shape.intermediate, shape.kv_width
     norms_and_residuals = 2 * 3 * 4 * h + 2 * 4 * h  # two RMSNorms in float32 (input, normalised, scaled), two adds
     attention = 2 * (h + h + 2 * kv + h + kv + 2 * h + h)  # q/k/v input, q, k, v, rotated q and k, repeated k/v, out
     mlp = 2 * (h + 4 * i)  # gate/up input; gate, up, SiLU(gate), product
-    return shape.layers * (norms_and_residuals + attention + mlp)
+    return shape.layers * (norms_and_residuals + attention + mlp) + shape.frontend_bytes_per_token
 
 
 def peak_memory(shape: ModelShape, run: TrainingRun) -> dict[str, float]:
@@ -123,9 +134,11 @@ def peak_memory(shape: ModelShape, run: TrainingRun) -> dict[str, float]:
 
 
 def training_seconds(shape: ModelShape, run: TrainingRun, gpu: GPU = T4) -> float:
-    """Seconds of ``run`` at 6 P FLOPs per token and the GPU's assumed sustained share of its peak."""
+    """Seconds of ``run`` at 6 P FLOPs per token and the GPU's assumed sustained share of its 16-bit peak, or of its
+    float32 peak when ``run`` computes in float32 (``fp32_math``)."""
     tokens = run.steps * run.grad_accum * run.micro_batch * run.mean_tokens * run.repeats
-    return 6 * shape.parameters * tokens / (gpu.peak_tflops * 1e12 * gpu.compute_share)
+    peak = gpu.fp32_tflops if run.fp32_math else gpu.peak_tflops
+    return 6 * shape.parameters * tokens / (peak * 1e12 * gpu.compute_share)
 
 
 def generation_seconds(shape: ModelShape, new_tokens: int, batch_size: int, gpu: GPU = T4) -> float:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..core.budget import WAV2VEC2_BASE, LabBudget, TrainingRun
 from ..core.evaluate import Item, per_sample_correct
 from ..core.evaluate import accuracy as share_correct
 from ..core.models import load_model
@@ -236,12 +237,18 @@ def run_vision(seed: int, plan: VisionPlan = VISION_PLANS["tiny"], pieces: Piece
 
 @dataclass(frozen=True)
 class SpeechPlan:
-    """Settings of the SUTA experiment (the tiny profile's chosen on development seeds 10 and 11)."""
+    """Settings of the SUTA experiment (the tiny profile's chosen on development seeds 10 and 11).
+
+    The tiny profile's levels span an unadapted WER of 0.19-0.70 on seeds 0-2. At 30 dB the noise leaves the WER at
+    the clean one (tiny-asr's own errors, 0.23), a control with no shift to adapt to; 25 and 22 dB shift it. A 40 dB
+    level, in the plan chosen on the development seeds, was the same regime as 30 dB and was dropped to keep the lab
+    within two minutes (SUTA lowered the WER there on all five seeds measured; at 30 dB it rose on seeds 0 and 1).
+    """
 
     recogniser: str | None = None  # a hub name or folder (world.speech.load_recogniser); None: the shipped tiny-asr
     utterances: int = 50  # drawn by the seed from the 200 test utterances (or from LibriSpeech test-clean)
     noise: str = "snr_db"  # "snr_db": add_noise at each level; "std": add_gaussian_noise (SUTA's LibriSpeech + std)
-    levels: tuple[float, ...] = (40.0, 30.0, 25.0, 22.0)  # unadapted WER 0.17-0.66 on the development seeds
+    levels: tuple[float, ...] = (30.0, 25.0, 22.0)  # SNR in dB, least noisy first
     steps: int = 10  # SUTA's
     lr: float = 1e-4  # Adam; 1e-3 raised the WER at 40 dB on the development seeds
 
@@ -398,6 +405,28 @@ def nearest_neighbour_study(seed: int, plan: LanguagePlan = LANGUAGE_PLANS["tiny
         },
         "nearest_neighbour_ttt": share_correct(tuned),
     }
+
+
+def colab_budget(plan: SpeechPlan = SPEECH_PLANS["colab"], longest_s: float = 35.0, mean_s: float = 7.4) -> LabBudget:
+    """Lab 06 on a GPU: SUTA on wav2vec2-base-960h (``plan``), in float32: ``plan.steps`` Adam steps on one
+    utterance at a time, for each of ``plan.utterances`` LibriSpeech test-clean utterances, each noise level and both
+    losses (SUTA and its ablation), training the layer norms and the feature encoder (4.6 M parameters). Memory is
+    counted at the longest test-clean utterance (``longest_s``, 50 frames a second), time at the mean (``mean_s``).
+    Nothing is decoded token by token (CTC reads every frame at once)."""
+    run = TrainingRun(
+        "SUTA (each utterance, float32)",
+        plan.steps,
+        1,
+        1,
+        round(50 * longest_s),
+        round(50 * mean_s),
+        trainable=4_633_856,
+        extra_copies=1,  # the saved start the episodic reset restores
+        repeats=plan.utterances * len(plan.levels) * 2,
+        autocast=False,
+        fp32_math=True,
+    )
+    return LabBudget("06_test_time_training", (run,), 0, shape=WAV2VEC2_BASE)
 
 
 def summarize(seed: int, results: dict, seconds: float, profile: str = "tiny") -> dict:
