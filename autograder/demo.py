@@ -50,7 +50,7 @@ PARTIAL_SCORES = {
     "04_causal_tracing_and_rome": 40,
     # tasks 1 (15) and 2 (25); without DARE (task 3) and the chat vector (task 4) the merges of tasks 5 and 6 fail
     "05_task_vectors_and_merging": 40,
-    # tasks 1 (20) and 2 (25); without the episodic reset (task 3) and the shift trigger (task 4) no experiment runs,
+    # tasks 1 (20) and 2 (25); without the shift trigger (task 3) and the episodic reset (task 4) no experiment runs,
     # so tasks 5 and 6 fail with them
     "06_test_time_training": 45,
 }

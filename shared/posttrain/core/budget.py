@@ -12,8 +12,9 @@ float32 output, 12 bytes per token and vocabulary entry. Any other full copy a l
 Fisher diagonal, a model the notebook keeps loaded) is 4 bytes per parameter.
 
 Time: a training step costs 6 P FLOPs per token (Kaplan et al. 2020, arXiv:2001.08361, sec. 2.1), at an assumed
-sustained fraction of the GPU's 16-bit peak (its float32 peak for a model that computes in float32); greedy decoding reads every float32 weight once per generated token, at
-an assumed fraction of the memory bandwidth. Both fractions are assumptions until a GPU run measures them.
+sustained fraction of the GPU's 16-bit peak (its float32 peak for a model that computes in float32); greedy decoding
+reads every float32 weight once per generated token, at an assumed fraction of the memory bandwidth. Both fractions
+are assumptions until a GPU run measures them.
 """
 
 from __future__ import annotations
