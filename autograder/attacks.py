@@ -11,6 +11,7 @@ are the lab's own (``metadata.posttrain.grading``), which its honest cells must 
 
 from __future__ import annotations
 
+import base64
 import copy
 import re
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import nbformat
 
 from autograder.course import Lab, read_source
 
-SOLUTION_MARKERS = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*\n", re.MULTILINE)
+SOLUTION_MARKERS = re.compile(r"^\s*### (BEGIN|END) SOLUTION[ \t]*(\n|$)", re.MULTILINE)
 # Printed by an attack only if it got out: must never appear in a graded notebook's outputs.
 BREACH_MARKERS = ("NETWORK-REACHED", "SOLUTIONS-READ")
 
@@ -35,6 +36,7 @@ class Attack:
     limits: dict[str, int] = field(default_factory=dict)  # grading limits this attack is run under
     unreadable: bool = False  # write invalid JSON instead of a notebook
     strip_metadata: bool = False  # drop every cell's nbgrader metadata
+    flagged: bool = False  # the report must list a flag for it (the static screen or the kernel guard saw it)
 
 
 ALWAYS_EQUAL = """class AlwaysEqual(float):
@@ -48,6 +50,192 @@ ALWAYS_EQUAL = """class AlwaysEqual(float):
 def {name}(*args, **kwargs):
     return AlwaysEqual(0)
 """
+
+# Patches every check function of the course (and torch's / numpy's testing asserts) and the names bound to them.
+PATCH_CHECKS = """import sys as _sys
+
+
+def _noop(*args, **kwargs):
+    return None
+
+
+def _is_checks(name):
+    return name.startswith("posttrain") and name.endswith("checks") or name in ("torch.testing", "numpy.testing")
+
+
+def _patch_checks():
+    for _name, _module in list(_sys.modules.items()):
+        if _is_checks(_name):
+            for _attr in dir(_module):
+                if _attr.startswith(("assert", "check")):
+                    setattr(_module, _attr, _noop)
+    for _key, _value in list(globals().items()):
+        if callable(_value) and _is_checks(str(getattr(_value, "__module__", ""))):
+            globals()[_key] = _noop
+"""
+
+# Attacks on the kernel: its input path (class 1) and the helpers the tests call (class 2), issue #19. Each answer is
+# wrong (``{always_equal}``: an always-equal value) and would pass if the attack switched the tests off.
+KERNEL_ATTACKS = (
+    Attack(
+        "input_transformer",
+        "{always_equal}\nget_ipython().input_transformers_post.append(lambda lines: ['pass\\n'])",
+        flagged=True,
+    ),
+    Attack(
+        "ast_transformer",
+        "{always_equal}\nimport ast\n\n\nclass _Skip(ast.NodeTransformer):\n    def visit_Module(self, node):\n"
+        "        node.body = [ast.Pass()]\n        return node\n\n\nget_ipython().ast_transformers.append(_Skip())",
+        flagged=True,
+    ),
+    Attack(
+        "run_cell_rewritten",
+        "{always_equal}\n_shell = get_ipython()\n"
+        "_run_cell, _run_cell_async = _shell.run_cell, _shell.run_cell_async\n\n\n"
+        "def _skip(raw_cell, *args, **kwargs):\n    return _run_cell('pass', *args, **kwargs)\n\n\n"
+        "async def _skip_async(raw_cell, *args, **kwargs):\n"
+        "    return await _run_cell_async('pass', *args, **kwargs)\n\n\n"
+        "_shell.run_cell, _shell.run_cell_async = _skip, _skip_async",
+        flagged=True,
+    ),
+    Attack(
+        "kernel_skips_cells",
+        "{always_equal}\n\n\nasync def _do_execute(code, silent, *args, **kwargs):\n"
+        "    return {{'status': 'ok', 'execution_count': 0, 'payload': [], 'user_expressions': {{}}}}\n\n\n"
+        "get_ipython().kernel.do_execute = _do_execute",
+        flagged=True,
+    ),
+    Attack(
+        "custom_exception_handler",
+        "{always_equal}\n"
+        "get_ipython().set_custom_exc((BaseException,), lambda shell, etype, value, tb, tb_offset=None: None)",
+        flagged=True,
+    ),
+    Attack(
+        "silent_tracebacks",
+        "{always_equal}\n_shell = get_ipython()\n"
+        "_shell.showtraceback = _shell.showsyntaxerror = lambda *args, **kwargs: None",
+        flagged=True,
+    ),
+    Attack(
+        "verdict_forged",
+        "{always_equal}\nimport re\n\n\ndef _forge(lines):\n"
+        "    found = re.search(r'\"([0-9a-f]{{32}})\"', ''.join(lines))\n    if not found:\n        return lines\n"
+        "    verdict = {{'token': found.group(1), 'passed': True, 'reason': '', 'flags': [], 'source_sha256': '', "
+        "'mac': '0' * 64}}\n"
+        "    return ['from IPython.display import publish_display_data\\n',\n"
+        "            'publish_display_data(' + repr({{'application/vnd.posttrain.verdict+json': verdict}}) + ')\\n"
+        "']\n\n\n"
+        "get_ipython().input_transformers_post.append(_forge)",
+        flagged=True,
+    ),
+    Attack(
+        "guard_replaced",
+        "{always_equal}\nimport builtins\nbuiltins.__posttrain_grader__ = lambda token, source: None",
+        flagged=True,
+    ),
+    Attack("checks_patched", "{always_equal}\n{patch_checks}\n_patch_checks()", flagged=True),
+    Attack(
+        "checks_patched_by_getattr",
+        "{always_equal}\n_modules = getattr(__import__('sys'), 'mod' + 'ules')\n"
+        "for _name in [n for n in _modules if n.startswith('posttrain') and n.endswith('checks')]:\n"
+        "    for _attr in dir(_modules[_name]):\n        if _attr.startswith(('assert', 'check')):\n"
+        "            setattr(_modules[_name], _attr, lambda *args, **kwargs: None)",
+        flagged=True,
+    ),
+    Attack(
+        "checks_module_replaced",
+        "{always_equal}\nimport sys, types\n"
+        "for _name in [n for n in list(sys.modules) if n.startswith('posttrain') and n.endswith('checks')]:\n"
+        "    _fake = types.ModuleType(_name)\n    for _attr in dir(sys.modules[_name]):\n"
+        "        setattr(_fake, _attr, lambda *args, **kwargs: None)\n    sys.modules[_name] = _fake\n"
+        "    for _key, _value in list(globals().items()):\n"
+        "        if getattr(_value, '__name__', None) == _name or getattr(_value, '__module__', None) == _name:\n"
+        "            globals()[_key] = getattr(_fake, getattr(_value, '__name__', '').rsplit('.')[-1], _fake)",
+        flagged=True,
+    ),
+    Attack(
+        "checks_code_swapped",
+        "{always_equal}\nimport sys, types\n\n\ndef _noop(*args, **kwargs):\n    return None\n\n\n"
+        "for _name in [n for n in list(sys.modules) if n.startswith('posttrain') and n.endswith('checks')]:\n"
+        "    for _value in list(vars(sys.modules[_name]).values()):\n"
+        "        if isinstance(_value, types.FunctionType) and not _value.__code__.co_freevars:\n"
+        "            _value.__code__, _value.__defaults__, _value.__kwdefaults__ = _noop.__code__, None, None",
+        flagged=True,
+    ),
+    Attack(
+        "import_hook",
+        "{always_equal}\nimport importlib.abc, importlib.util, sys, types\n\n\n"
+        "class _Noops(types.ModuleType):\n    def __getattr__(self, attr):\n"
+        "        return lambda *args, **kwargs: None\n\n\n"
+        "class _Fake(importlib.abc.MetaPathFinder, importlib.abc.Loader):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        wanted = name.startswith('posttrain') and name.endswith('checks')\n"
+        "        return importlib.util.spec_from_loader(name, self) if wanted else None\n\n"
+        "    def create_module(self, spec):\n        return _Noops(spec.name)\n\n"
+        "    def exec_module(self, module):\n        pass\n\n\n"
+        "sys.meta_path.insert(0, _Fake())\n"
+        "for _name in [n for n in list(sys.modules) if n.startswith('posttrain') and n.endswith('checks')]:\n"
+        "    del sys.modules[_name]",
+        flagged=True,
+    ),
+    Attack(
+        "builtin_replaced",
+        "{always_equal}\nimport builtins\nbuiltins.abs = lambda x: 0.0\nbuiltins.all = lambda *args: True\n"
+        "builtins.round = lambda *args: 0",
+        flagged=True,
+    ),
+    Attack(
+        "names_rebound",
+        "{always_equal}\nfor _key, _value in list(globals().items()):\n"
+        "    if callable(_value) and str(getattr(_value, '__module__', '')).startswith(('posttrain', "
+        "'torch.testing')):\n"
+        "        globals()[_key] = lambda *args, **kwargs: None",
+        flagged=True,
+    ),
+    Attack(
+        "exec_obfuscated",
+        "{always_equal}\nimport base64\nexec(base64.b64decode('{patch_checks_b64}').decode())",
+        flagged=True,
+    ),
+    Attack(
+        "thread_patcher",
+        "{always_equal}\n{patch_checks}\nimport threading, time\n\n\ndef _keep_patching():\n    while True:\n"
+        "        _patch_checks()\n        time.sleep(0.001)\n\n\n"
+        "threading.Thread(target=_keep_patching, daemon=True).start()",
+        flagged=True,
+    ),
+    Attack(
+        "patched_only_during_cells",
+        "{always_equal}\nimport sys\n_saved = {{}}\n\n\ndef _patch(*args):\n"
+        "    for _name, _module in list(sys.modules.items()):\n"
+        "        if _name.startswith('posttrain') and _name.endswith('checks'):\n"
+        "            for _attr in dir(_module):\n                if _attr.startswith(('assert', 'check')):\n"
+        "                    _saved.setdefault((_name, _attr), getattr(_module, _attr))\n"
+        "                    setattr(_module, _attr, lambda *args, **kwargs: None)\n\n\n"
+        "def _unpatch(*args):\n    for (_name, _attr), _function in _saved.items():\n"
+        "        setattr(sys.modules[_name], _attr, _function)\n\n\n"
+        "get_ipython().events.register('pre_run_cell', _patch)\n"
+        "get_ipython().events.register('post_run_cell', _unpatch)",
+        flagged=True,
+    ),
+    Attack(
+        "patched_during_the_test",
+        "{always_equal}\n{patch_checks}\n\n\ndef {name}(*args, **kwargs):\n    _patch_checks()\n"
+        "    return AlwaysEqual(0)",
+        flagged=True,
+    ),
+    Attack(
+        "trace_from_the_answer",
+        "{always_equal}\nimport sys\n\n\ndef _skip_failing_lines(frame, event, arg):\n"
+        "    if event == 'line' and frame.f_code.co_filename.startswith('<'):\n"
+        "        try:\n            frame.f_lineno = frame.f_lineno + 1\n        except ValueError:\n            pass\n"
+        "    return _skip_failing_lines\n\n\n_answer = {name}\n\n\ndef {name}(*args, **kwargs):\n"
+        "    sys._getframe(1).f_trace = _skip_failing_lines\n    sys.settrace(lambda *args: None)\n"
+        "    return _answer(*args, **kwargs)",
+        flagged=True,
+    ),
+)
 
 ATTACKS = (
     Attack("infinite_loop", "while True:\n    pass"),  # under the lab's own cell time limit
@@ -87,6 +275,7 @@ ATTACKS = (
         "torch.testing.assert_close = lambda *args, **kwargs: None\n"
         "numpy.testing.assert_allclose = lambda *args, **kwargs: None\n"
         "builtins.print = lambda *args, **kwargs: None\n{always_equal}",
+        flagged=True,
     ),
     Attack("always_equal_answer", "{always_equal}"),
     Attack(
@@ -98,6 +287,7 @@ ATTACKS = (
     ),
     Attack("stripped_metadata", strip_metadata=True),
     Attack("invalid_json", unreadable=True),
+    *KERNEL_ATTACKS,
 )
 
 
@@ -149,6 +339,9 @@ def write_attack(lab: Lab, attack: Attack, path: Path) -> Path:
         always_equal=ALWAYS_EQUAL.format(name=defined.group(1) if defined else "answer"),
         patterns=[str(lab.repo / "solutions" / "*"), "/tmp/**/gradebook.db", "/tmp/**/source/**/*.ipynb"],
         lab=lab.name,
+        name=defined.group(1) if defined else "answer",
+        patch_checks=PATCH_CHECKS,
+        patch_checks_b64=base64.b64encode((PATCH_CHECKS + "\n_patch_checks()\n").encode()).decode(),
     )
     cells = []
     for cell in notebook.cells:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import json
 import os
 import shutil
 import sys
@@ -24,6 +25,7 @@ from traitlets.config import Config
 from autograder.course import REPO_ROOT, Lab, course_workdir, graded_cell_ids
 from autograder.nbgrader_config import check, nbgrader_course, prepend_path
 from autograder.sandbox import SandboxPolicy, prepare_dirs
+from autograder.screen import guard_plan, screen_notebook
 
 GRADED = "graded"
 UNREADABLE = "unreadable"
@@ -88,6 +90,8 @@ class GradeResult:
     submission_sha256: str = ""
     autograded: str = ""  # the autograded notebook (JSON text), written out by the one writer
     kept: dict[str, str] = field(default_factory=dict)  # files the notebook wrote that match ``GradeJob.keep``
+    # What the static screen and the kernel guard saw, for the instructor ({"cell": grade_id, "flag": text}).
+    flags: list[dict[str, str]] = field(default_factory=list)
 
 
 class Rejected(Exception):
@@ -140,8 +144,8 @@ def grade_submission(job: GradeJob) -> GradeResult:
     try:
         source = nbformat.read(job.lab.source, as_version=4)
         result.max_score = float(sum(cell.metadata.get("nbgrader", {}).get("points", 0) for cell in source.cells))
-        graded = _autograde(job, graded_cell_ids(source))
-        result.score, result.grades, result.reason, result.autograded, result.kept = graded
+        graded = _autograde(job, source)
+        result.score, result.grades, result.reason, result.autograded, result.kept, result.flags = graded
     except Rejected as exc:
         result.status, result.reason = exc.status, str(exc)
     except Exception as exc:
@@ -160,8 +164,11 @@ def _read_submission(job: GradeJob) -> nbformat.NotebookNode:
         raise Rejected(UNREADABLE, f"{job.submission.name} is not a readable notebook: {exc}") from exc
 
 
-def kernel_settings(job: GradeJob, root: Path) -> tuple[dict[str, str], list[str] | None, Config]:
-    """The kernel's environment, its command (None: unsandboxed) and the execution config for one job."""
+def kernel_settings(
+    job: GradeJob, root: Path, source: nbformat.NotebookNode
+) -> tuple[dict[str, str], list[str] | None, Config]:
+    """The kernel's environment, its command (None: unsandboxed) and the execution config for one job (the kernel
+    guard watches what the lab's ``source`` notebook imports and its tests read)."""
     repo = job.lab.repo.resolve()
     env = {
         "POSTTRAIN_PROFILE": "tiny" if job.device == "cpu" else "colab",
@@ -180,6 +187,7 @@ def kernel_settings(job: GradeJob, root: Path) -> tuple[dict[str, str], list[str
     config.Execute.timeout = job.limits.cell_timeout
     config.ResilientExecute.notebook_timeout = job.limits.notebook_timeout
     config.ResilientExecute.max_output_bytes = job.limits.output_bytes
+    config.ResilientExecute.guard_plan = json.dumps(guard_plan(source))
     if not job.sandbox:
         return env | {"PYTHONPATH": prepend_path(repo / "shared", "PYTHONPATH")}, None, config
     hf_home = os.environ.get("HF_HOME", str(Path.home() / ".cache" / "huggingface"))
@@ -224,9 +232,14 @@ def assignment_gradebook(lab: Lab) -> Path:
     return _assignment_gradebooks[key]
 
 
-def _autograde(job: GradeJob, source_ids: list[str]) -> tuple[float, dict[str, float], str, str, dict[str, str]]:
-    """Run nbgrader autograde in a fresh course; return (score, score per grade_id, remarks, notebook, kept files)."""
-    submitted_ids = set(graded_cell_ids(_read_submission(job)))
+def _autograde(
+    job: GradeJob, source: nbformat.NotebookNode
+) -> tuple[float, dict[str, float], str, str, dict[str, str], list[dict[str, str]]]:
+    """Run nbgrader autograde in a fresh course; return (score, score per grade_id, remarks, notebook, kept files,
+    flags of the static screen and the kernel guard)."""
+    source_ids = graded_cell_ids(source)
+    submitted_notebook = _read_submission(job)
+    submitted_ids = set(graded_cell_ids(submitted_notebook))
     released = f"labs/{job.lab.name}.ipynb"
     if not submitted_ids & set(source_ids):
         raise Rejected(
@@ -238,7 +251,7 @@ def _autograde(job: GradeJob, source_ids: list[str]) -> tuple[float, dict[str, f
     name = job.lab.name
     with course_workdir(job.lab.repo, f"grade/{name}/{job.student}") as root:
         shutil.copyfile(assignment_gradebook(job.lab), root / "gradebook.db")
-        kernel_env, kernel_argv, config = kernel_settings(job, root)
+        kernel_env, kernel_argv, config = kernel_settings(job, root, source)
         runtime = {"JUPYTER_RUNTIME_DIR": str(root / "runtime")}
         with (
             mock.patch.dict(os.environ, runtime),
@@ -266,14 +279,17 @@ def _autograde(job: GradeJob, source_ids: list[str]) -> tuple[float, dict[str, f
         autograded = (notebook_dir / f"{name}.ipynb").read_text(encoding="utf-8")
         kept, unkept = kept_files(root / "scratch" if job.sandbox else notebook_dir, job.keep)
     missing = [grade_id for grade_id in source_ids if grade_id not in submitted_ids]
-    remarks = skipped_cells(nbformat.reads(autograded, as_version=4))
+    executed = nbformat.reads(autograded, as_version=4)
+    remarks = skipped_cells(executed)
+    flags = [flag.as_dict() for flag in screen_notebook(submitted_notebook, source)]
+    flags += executed.metadata.get("autograder", {}).get("flags", [])
     if missing:
         remarks.append(f"cells missing from the submission: {', '.join(missing)}")
     if manual:
         remarks.append(f"needs manual grading: {', '.join(manual)}")
     remarks += unkept
     ordered = {grade_id: scores[grade_id] for grade_id in source_ids if grade_id in scores}
-    return score, ordered, "; ".join(remarks), autograded, kept
+    return score, ordered, "; ".join(remarks), autograded, kept, flags
 
 
 KEPT_FILE_BYTES = 1_000_000

@@ -34,6 +34,7 @@ class Expectation:
     student: str
     status: str
     score: float | None
+    flagged: bool = False  # the report must list flags for it (and for no other submission)
 
 
 def write_class(lab: Lab, folder: Path) -> list[Expectation]:
@@ -53,7 +54,12 @@ def write_class(lab: Lab, folder: Path) -> list[Expectation]:
     for attack in ATTACKS:
         write_attack(lab, attack, folder / f"{attack.name}.ipynb")
         expected.append(
-            Expectation(attack.name, UNREADABLE if attack.unreadable else GRADED, None if attack.unreadable else honest)
+            Expectation(
+                attack.name,
+                UNREADABLE if attack.unreadable else GRADED,
+                None if attack.unreadable else honest,
+                attack.flagged,
+            )
         )
     return expected
 
@@ -87,9 +93,13 @@ def check_class(lab: Lab, expected: list[Expectation], grading: Path) -> list[tu
     for want in expected:
         got = latest.get(want.student, {"status": "missing", "score": None, "reason": "no result"})
         found = leaks(lab, grading, want.student)
-        ok = got["status"] == want.status and got["score"] == want.score and not found
-        detail = f"{got['status']} {got['score']}" + (f" LEAKED {found}" if found else "")
-        rows.append((want.student, f"{want.status} {want.score}", detail + f" {got.get('reason', '')}".rstrip(), ok))
+        flagged = bool(got.get("flags"))
+        ok = got["status"] == want.status and got["score"] == want.score and not found and flagged == want.flagged
+        detail = (
+            f"{got['status']} {got['score']}" + (" flagged" if flagged else "") + (f" LEAKED {found}" if found else "")
+        )
+        wanted = f"{want.status} {want.score}" + (" flagged" if want.flagged else "")
+        rows.append((want.student, wanted, detail + f" {got.get('reason', '')}".rstrip(), ok))
     return rows
 
 

@@ -58,7 +58,7 @@ class Plan:
     """
 
     tasks: tuple[str, ...] = ("multiplication", "subtraction", "new_facts")
-    task_steps: tuple[int, ...] = (150, 150, 400)
+    task_steps: tuple[int, ...] = (150, 150, 250)
     task_lr: float = 3e-4
     batch_size: int = 32
     negated_skill: str = "refusal"
@@ -74,7 +74,7 @@ class Plan:
     safety_lr: float = 1e-3
     safety_weights: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     safety_density: float = 0.5
-    analogy_steps: int = 150
+    analogy_steps: int = 100
     n_per_skill: int = 60
 
 
