@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     grade.add_argument("--out", type=Path, help="grading folder (default: grading/<LAB>)")
     add_grading_options(grade)
 
-    rep = commands.add_parser("report", help="grades.csv, failures.csv and feedback/ from a grading folder")
+    rep = commands.add_parser("report", help="grades.csv, failures.csv, flags.csv and feedback/ from a grading folder")
     rep.add_argument("lab", help="01, 01_finetune_and_forget or a notebook path")
     rep.add_argument("--grading", type=Path, help="grading folder (default: grading/<LAB>)")
     rep.add_argument("--out", type=Path, help="report folder (default: the grading folder)")
@@ -145,7 +145,7 @@ def _report(lab: Lab, grading: Path, out: Path) -> int:
     paths = write_report(lab, grading, out)
     results = ResultStore(lab, grading).latest()
     print(format_table([_as_result(record) for record in sorted(results.values(), key=lambda r: r["student"])]))
-    print(f"wrote {paths.grades}, {paths.failures} and {paths.feedback}/")
+    print(f"wrote {paths.grades}, {paths.failures}, {paths.flags} and {paths.feedback}/")
     return 0 if all(record["status"] == GRADED for record in results.values()) else 1
 
 

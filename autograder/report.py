@@ -1,7 +1,8 @@
 """Reports on one graded lab: a grade sheet, a per-test failure table and a feedback page per student.
 
 ``write_report`` reads a grading folder (``results.jsonl``, whose last line per student wins, and
-``autograded/<student>.ipynb``) and writes ``grades.csv``, ``failures.csv`` and ``feedback/<student>.html``.
+``autograded/<student>.ipynb``) and writes ``grades.csv``, ``failures.csv``, ``flags.csv`` and
+``feedback/<student>.html``.
 Feedback pages never show test-cell source: a failed test shows only ``ename: evalue``, and any line of that
 message quoting a line of a hidden test is replaced by a placeholder.
 """
@@ -40,6 +41,7 @@ class ReportPaths:
     grades: Path
     failures: Path
     feedback: Path  # folder of <student>.html
+    flags: Path  # one row per flag the static screen or the kernel guard raised, for the instructor to review
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class StudentResult:
     grades: dict[str, float | None] = field(default_factory=dict)
     reason: str = ""
     repairs: list[str] = field(default_factory=list)
+    flags: list[dict[str, str]] = field(default_factory=list)  # {"cell": grade_id, "flag": what was seen}
 
 
 @dataclass(frozen=True)
@@ -108,9 +111,11 @@ def _parse_result(line: str) -> StudentResult:
         raise ValueError(f"'student' must be a plain file name, got {student!r}")
     if not isinstance(status, str) or not status:
         raise ValueError(f"'status' must be a non-empty string, got {status!r}")
-    grades, repairs = record.get("grades") or {}, record.get("repairs") or []
-    if not isinstance(grades, dict) or not isinstance(repairs, list):
-        raise ValueError("'grades' must be an object and 'repairs' a list")
+    grades, repairs, flags = record.get("grades") or {}, record.get("repairs") or [], record.get("flags") or []
+    if not isinstance(grades, dict) or not isinstance(repairs, list) or not isinstance(flags, list):
+        raise ValueError("'grades' must be an object, 'repairs' and 'flags' lists")
+    if not all(isinstance(flag, dict) for flag in flags):
+        raise ValueError("each of 'flags' must be an object with 'cell' and 'flag'")
     return StudentResult(
         student=student,
         status=status,
@@ -119,6 +124,7 @@ def _parse_result(line: str) -> StudentResult:
         grades={grade_id: _number(grades, grade_id) for grade_id in grades},
         reason=str(record.get("reason") or ""),
         repairs=[str(repair) for repair in repairs],
+        flags=[{"cell": str(flag.get("cell", "")), "flag": str(flag.get("flag", ""))} for flag in flags],
     )
 
 
@@ -238,11 +244,23 @@ def _write_grades(info: LabInfo, results: list[StudentResult], path: Path) -> No
     """Write ``grades.csv``: one row per student, a column per graded cell."""
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["student", "status", "total", "max_score", *info.points, "repairs", "reason"])
+        writer.writerow(["student", "status", "total", "max_score", *info.points, "repairs", "flags", "reason"])
         for r in results:
             per_cell = [_fmt(r.grades.get(grade_id)) for grade_id in info.points]
             repairs = "; ".join(r.repairs)
-            writer.writerow([r.student, r.status, _fmt(r.score), _fmt(r.max_score), *per_cell, repairs, r.reason])
+            row = [r.student, r.status, _fmt(r.score), _fmt(r.max_score), *per_cell, repairs, len(r.flags), r.reason]
+            writer.writerow(row)
+
+
+def _write_flags(results: list[StudentResult], path: Path) -> None:
+    """Write ``flags.csv``: one row per flag (student, cell, what was seen). A flag never changed a score; it marks
+    a submission for the instructor to read."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["student", "cell", "flag"])
+        for r in results:
+            for flag in r.flags:
+                writer.writerow([r.student, flag["cell"], flag["flag"]])
 
 
 def _write_failures(rows: list[FailureRow], path: Path) -> None:
@@ -330,7 +348,7 @@ def write_report(lab: Lab, grading_dir: Path, out_dir: Path) -> ReportPaths:
     """
     results = read_results(grading_dir / "results.jsonl")
     info = lab_info(lab)
-    paths = ReportPaths(out_dir / "grades.csv", out_dir / "failures.csv", out_dir / "feedback")
+    paths = ReportPaths(out_dir / "grades.csv", out_dir / "failures.csv", out_dir / "feedback", out_dir / "flags.csv")
     paths.feedback.mkdir(parents=True, exist_ok=True)
     messages = {}
     for result in results:
@@ -343,6 +361,7 @@ def write_report(lab: Lab, grading_dir: Path, out_dir: Path) -> ReportPaths:
         page = render_feedback(info, result, nb)
         (paths.feedback / f"{result.student}.html").write_text(page, encoding="utf-8")
     _write_grades(info, results, paths.grades)
+    _write_flags(results, paths.flags)
     rows = failure_table(info.points, results, messages)
     _write_failures(rows, paths.failures)
     print(format_failures(rows))

@@ -53,6 +53,10 @@ class GradedSampleClass:
 
         return sample_class_scores(list(self.results.values()))
 
+    def flags(self) -> dict[str, list]:
+        """What the static screen and the kernel guard flagged, per submission (none for an honest class)."""
+        return {student: result.flags for student, result in self.results.items()}
+
     def notebook_results(self) -> dict:
         """The results JSON the solution notebook (submission ``correct``) wrote while it was graded."""
         correct = self.results["correct"]

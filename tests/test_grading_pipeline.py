@@ -4,6 +4,7 @@ graded on 2 dask workers in sandboxes, reported; resuming and re-grading; the ex
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import os
@@ -57,8 +58,10 @@ def test_selftest_class_gets_every_expected_grade_on_two_workers(selftest: dict)
     results = latest(selftest["work"] / "grading")
     assert len(results) >= 12
     assert (results["correct"]["score"], results["blank"]["score"], results["partial"]["score"]) == (10, 0, 5)
+    assert [results[s]["flags"] for s in ("correct", "blank", "partial")] == [[], [], []]
     for attack in ATTACKS:
         record = results[attack.name]
+        assert bool(record.get("flags")) == attack.flagged, (attack.name, record.get("flags"))
         if attack.unreadable:
             assert (record["status"], record["score"]) == ("unreadable", None), attack.name
         else:  # the honest task keeps its 5 points, the attacked one gets 0
@@ -79,6 +82,30 @@ def test_selftest_class_gets_every_expected_grade_on_two_workers(selftest: dict)
 )
 def test_skipped_cells_are_explained_in_the_status(selftest: dict, attack: str, explanation: str) -> None:
     assert explanation in latest(selftest["work"] / "grading")[attack]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("attack", "reason"),
+    [
+        ("input_transformer", "did not report back to the grader"),
+        ("kernel_skips_cells", "did not report back to the grader"),
+        ("verdict_forged", "does not verify"),
+        ("thread_patcher", "tampered with"),
+    ],
+)
+def test_a_test_without_a_genuine_verdict_fails_with_its_reason(selftest: dict, attack: str, reason: str) -> None:
+    assert reason in latest(selftest["work"] / "grading")[attack]["reason"]
+
+
+def test_flags_reach_the_report(selftest: dict) -> None:
+    grading = selftest["work"] / "grading"
+    flagged = {attack.name for attack in ATTACKS if attack.flagged}
+    with (grading / "flags.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["student"] for row in rows} == flagged
+    with (grading / "grades.csv").open(encoding="utf-8") as handle:
+        counts = {row["student"]: int(row["flags"]) for row in csv.DictReader(handle)}
+    assert {student for student, count in counts.items() if count} == flagged
 
 
 def test_stripped_and_edited_notebooks_are_repaired_and_logged(selftest: dict) -> None:

@@ -60,4 +60,5 @@ def test_chance_adjustment_never_exceeds_raw_metrics(sweep):
 def test_the_sample_class_gets_exact_grades_in_the_sandbox_on_two_workers(sample_class):
     graded = sample_class("01")
     assert graded.scores() == expected_scores(graded.lab)
+    assert graded.flags() == {student: [] for student in graded.results}
     assert {r.max_score for r in graded.results.values()} == {100}

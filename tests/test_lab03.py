@@ -71,4 +71,5 @@ def test_replay_moves_the_forward_optimum_but_not_the_reverse_one(results):
 def test_the_sample_class_gets_exact_grades_in_the_sandbox_on_two_workers(sample_class):
     graded = sample_class("03")
     assert graded.scores() == expected_scores(graded.lab)
+    assert graded.flags() == {student: [] for student in graded.results}
     assert {r.max_score for r in graded.results.values()} == {100}

@@ -123,8 +123,8 @@ def read_csv(path: Path) -> list[list[str]]:
 def test_grades_csv_has_one_row_per_student_last_result_wins(grading_dir: Path, tmp_path: Path) -> None:
     paths = write_report(LAB, grading_dir, tmp_path / "report")
     assert read_csv(paths.grades) == [
-        ["student", "status", "total", "max_score", *TESTS, "repairs", "reason"],
-        ["alice", "graded", "65", "100", "0", "15", "10", "0", "20", "10", "10", "", ""],
+        ["student", "status", "total", "max_score", *TESTS, "repairs", "flags", "reason"],
+        ["alice", "graded", "65", "100", "0", "15", "10", "0", "20", "10", "10", "", "0", ""],
         [
             "bob",
             "unreadable",
@@ -132,9 +132,10 @@ def test_grades_csv_has_one_row_per_student_last_result_wins(grading_dir: Path, 
             "100",
             *[""] * len(TESTS),
             "",
+            "0",
             "bob.ipynb is not a readable notebook: <unexpected> & bad",
         ],
-        ["carol", "graded", "80", "100", "15", "15", "10", "0", "20", "10", "10", "; ".join(REPAIRS), ""],
+        ["carol", "graded", "80", "100", "15", "15", "10", "0", "20", "10", "10", "; ".join(REPAIRS), "0", ""],
     ]
 
 
@@ -201,6 +202,7 @@ def test_missing_results_is_a_clear_error(tmp_path: Path) -> None:
         ('{"student": "dave"}', "'status' must be a non-empty string"),
         ('{"student": "../dave", "status": "graded"}', "'student' must be a plain file name"),
         ('{"student": "dave", "status": "graded", "score": "high"}', "'score' must be a number"),
+        ('{"student": "dave", "status": "graded", "flags": ["x"]}', "each of 'flags' must be an object"),
     ],
 )
 def test_malformed_results_line_is_a_clear_error(tmp_path: Path, line: str, problem: str) -> None:
@@ -216,3 +218,22 @@ def test_a_corrupt_line_in_the_middle_of_results_is_named(tmp_path: Path) -> Non
     store.results.write_text('{"student": "a", "status": "graded"}\nnot json\n{"student": "b", "status": "graded"}\n')
     with pytest.raises(CourseError, match=r"results\.jsonl, line 2: not valid JSON"):
         store.latest()
+
+
+def test_flags_are_listed_per_student_and_counted_in_grades(tmp_path: Path, source: nbformat.NotebookNode) -> None:
+    folder = tmp_path / "grading"
+    (folder / "autograded").mkdir(parents=True)
+    flags = [
+        {"cell": "task2", "flag": "line 3: uses .__code__"},
+        {"cell": "test_task2", "flag": "builtins.abs was rebound"},
+    ]
+    lines = [result("dan", "graded", [15, 15, 10, 0, 20, 10, 10], flags=flags), result("erin", "graded", [0] * 7)]
+    (folder / "results.jsonl").write_text("".join(lines), encoding="utf-8")
+    paths = write_report(LAB, folder, tmp_path / "report")
+    assert read_csv(paths.flags) == [
+        ["student", "cell", "flag"],
+        ["dan", *flags[0].values()],
+        ["dan", *flags[1].values()],
+    ]
+    header, *rows = read_csv(paths.grades)
+    assert [row[header.index("flags")] for row in rows] == ["2", "0"]

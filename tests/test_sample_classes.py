@@ -25,3 +25,4 @@ def test_every_lab_s_test_file_grades_its_sample_class():
         assert len(files) == 1, f"expected one test file for lab {number}, found {files}"
         text = files[0].read_text()
         assert "def test_the_sample_class_gets_exact_grades" in text and f'sample_class("{number}")' in text
+        assert "graded.flags() == {student: [] for student in graded.results}" in text, "an honest class has no flags"
