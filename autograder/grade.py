@@ -22,6 +22,7 @@ import nbformat
 from nbgrader.api import Gradebook
 from traitlets.config import Config
 
+from autograder.collect import repair
 from autograder.course import REPO_ROOT, Lab, course_workdir, graded_cell_ids
 from autograder.nbgrader_config import check, nbgrader_course, prepend_path
 from autograder.sandbox import SandboxPolicy, prepare_dirs
@@ -92,6 +93,7 @@ class GradeResult:
     kept: dict[str, str] = field(default_factory=dict)  # files the notebook wrote that match ``GradeJob.keep``
     # What the static screen and the kernel guard saw, for the instructor ({"cell": grade_id, "flag": text}).
     flags: list[dict[str, str]] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)  # what grading repaired itself in a notebook not collected
 
 
 class Rejected(Exception):
@@ -144,7 +146,8 @@ def grade_submission(job: GradeJob) -> GradeResult:
     try:
         source = nbformat.read(job.lab.source, as_version=4)
         result.max_score = float(sum(cell.metadata.get("nbgrader", {}).get("points", 0) for cell in source.cells))
-        graded = _autograde(job, source)
+        submitted, result.repairs = _repaired_submission(job)
+        graded = _autograde(job, source, submitted)
         result.score, result.grades, result.reason, result.autograded, result.kept, result.flags = graded
     except Rejected as exc:
         result.status, result.reason = exc.status, str(exc)
@@ -162,6 +165,19 @@ def _read_submission(job: GradeJob) -> nbformat.NotebookNode:
         return nbformat.read(job.submission, as_version=4)
     except Exception as exc:
         raise Rejected(UNREADABLE, f"{job.submission.name} is not a readable notebook: {exc}") from exc
+
+
+def _repaired_submission(job: GradeJob) -> tuple[nbformat.NotebookNode, list[str]]:
+    """The submission with what ``collect`` repairs repaired (graded cells matched to the released notebook, edited
+    tests restored, duplicates unlabelled), and one line per repair. A collected notebook needs none."""
+    submitted = _read_submission(job)
+    if not job.lab.release.is_file():
+        return submitted, []
+    release = nbformat.read(job.lab.release, as_version=4)
+    if not set(graded_cell_ids(submitted)) & set(graded_cell_ids(release)):
+        return submitted, []  # nothing to match it by: ``no_nbgrader_metadata`` says to run collect
+    fixed = repair(submitted, release)
+    return fixed.notebook, fixed.repairs
 
 
 def kernel_settings(
@@ -233,12 +249,11 @@ def assignment_gradebook(lab: Lab) -> Path:
 
 
 def _autograde(
-    job: GradeJob, source: nbformat.NotebookNode
+    job: GradeJob, source: nbformat.NotebookNode, submitted_notebook: nbformat.NotebookNode
 ) -> tuple[float, dict[str, float], str, str, dict[str, str], list[dict[str, str]]]:
     """Run nbgrader autograde in a fresh course; return (score, score per grade_id, remarks, notebook, kept files,
     flags of the static screen and the kernel guard)."""
     source_ids = graded_cell_ids(source)
-    submitted_notebook = _read_submission(job)
     submitted_ids = set(graded_cell_ids(submitted_notebook))
     released = f"labs/{job.lab.name}.ipynb"
     if not submitted_ids & set(source_ids):
@@ -267,7 +282,7 @@ def _autograde(
         ):
             submitted = root / "submitted" / NBGRADER_STUDENT / name / f"{name}.ipynb"
             submitted.parent.mkdir(parents=True)
-            shutil.copyfile(job.submission, submitted)
+            nbformat.write(submitted_notebook, submitted)
             check(api.autograde(name, NBGRADER_STUDENT, force=True, create=True), f"autograde {name}")
             with Gradebook(api.coursedir.db_url) as gb:
                 submission = gb.find_submission(name, NBGRADER_STUDENT)

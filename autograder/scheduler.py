@@ -145,7 +145,7 @@ class ResultStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
         record = {key: value for key, value in asdict(result).items() if key not in ("autograded", "kept")}
-        record["repairs"] = repair_notes(job)
+        record["repairs"] = repair_notes(job) + [f"{note} (when graded)" for note in result.repairs]
         with self.results.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         if result.status == GRADED:

@@ -173,6 +173,13 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict:
     spy = "import os, sys\nprint(sys.executable, os.environ['POSTTRAIN_PROFILE'])\ndef add(a, b):\n    return 3"
     nbformat.write(with_answers(released, add=spy, square="def square(x):\n    return x * x"), subs / "frank.ipynb")
     nbformat.write(released, subs / "gus" / "a.ipynb")
+    # Not collected, with a test cell pasted twice: grading repairs it as collect would (nbgrader alone errs).
+    doubled = copy.deepcopy(solution)
+    test_square = next(
+        i for i, c in enumerate(doubled.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == "test_square"
+    )
+    doubled.cells.insert(test_square, copy.deepcopy(doubled.cells[test_square]))
+    nbformat.write(doubled, subs / "hal.ipynb")
     nbformat.write(released, subs / "gus" / "b.ipynb")
 
     out = root / "grading"
@@ -192,12 +199,17 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict:
         ("bob", "0", "0", "0"),  # the released notebook, untouched
         ("carol", "5", "5", "0"),  # task 1 right, task 2 wrong
         ("frank", "5", "0", "5"),  # task 1 fails only the hidden test
+        ("hal", "10", "5", "5"),  # the solution with a duplicated test cell, not collected
     ],
 )
 def test_grade_scores(graded: dict, student: str, score: str, test_add: str, test_square: str) -> None:
     row = graded["rows"][student]
     assert (row["status"], row["total"], row["max_score"]) == ("graded", score, "10")
     assert (row["test_add"], row["test_square"]) == (test_add, test_square)
+
+
+def test_grading_an_uncollected_notebook_repairs_and_logs_it(graded: dict) -> None:
+    assert "test_square" in graded["rows"]["hal"]["repairs"] and "(when graded)" in graded["rows"]["hal"]["repairs"]
 
 
 def test_grade_invalid_json_is_unreadable(graded: dict) -> None:
@@ -221,7 +233,7 @@ def test_grade_ambiguous_folder_is_unreadable(graded: dict) -> None:
 
 def test_grade_reports_every_submission_and_fails_when_any_is_not_graded(graded: dict) -> None:
     assert graded["code"] == 1
-    assert sorted(graded["rows"]) == ["alice", "bob", "carol", "dave", "erin", "frank", "gus"]
+    assert sorted(graded["rows"]) == ["alice", "bob", "carol", "dave", "erin", "frank", "gus", "hal"]
     lines = graded["stdout"].splitlines()
     table = lines[next(i for i, line in enumerate(lines) if line.startswith("student ")) :]
     assert table[0].split() == ["student", "score", "max_score", "status", "reason"]
