@@ -82,10 +82,11 @@ def run_grading_bench(out_dir: Path, work: Path) -> dict:
         nbformat.write(solved_release(lab), folder / f"student{index:02d}.ipynb")
 
     serial_seconds, results = _grade(lab, folder, work / "grading-1", workers=1)
-    overheads = []
+    overheads, guard = [], []
     for result in results:
-        execution = json.loads(result.autograded)["metadata"]["autograder"]["execution_seconds"]
-        overheads.append(result.seconds - execution)
+        executed = json.loads(result.autograded)["metadata"]["autograder"]
+        guard.append(executed["guard_seconds"])
+        overheads.append(result.seconds - executed["execution_seconds"] + executed["guard_seconds"])
     parallel_seconds, _ = _grade(lab, folder, work / "grading-2", workers=2)
     report = {
         "environment": run_environment(),
@@ -93,8 +94,15 @@ def run_grading_bench(out_dir: Path, work: Path) -> dict:
         "overhead_per_submission_s": {
             "median": round(statistics.median(overheads), 2),
             "max": round(max(overheads), 2),
-            "what": "grading wall time minus the notebook's own execution (kernel start to last cell), after a "
-            "one-off ~3 s per worker process to build the lab's assignment gradebook",
+            "what": "grading wall time minus the notebook's own execution (kernel start to last cell), plus the "
+            "kernel guard's time inside it; after a one-off ~3 s per worker process to build the lab's assignment "
+            "gradebook",
+        },
+        "kernel_guard_s": {
+            "median": round(statistics.median(guard), 3),
+            "max": round(max(guard), 3),
+            "what": "installing the guard (it imports the modules the lab's first cell imports anyway) and its "
+            "check before each test cell, per submission; included in the overhead above",
         },
         "class_seconds": {"1_worker": round(serial_seconds, 1), "2_workers": round(parallel_seconds, 1)},
         "speedup_2_workers": round(serial_seconds / parallel_seconds, 2),

@@ -56,7 +56,7 @@ NO_VERDICT = (
     "notebook's cells run (the shell's input or AST transformers, run_cell, the kernel, or the display of outputs)"
 )
 BAD_VERDICT = "this test cell's report to the grader does not verify (it was forged or ran other code)"
-DEFAULT_PLAN = {"modules": [], "trees": ["posttrain"], "names": {}}
+DEFAULT_PLAN = {"imports": [], "modules": [], "trees": ["posttrain"], "names": {}}
 
 
 class CellTimedOut(Exception):
@@ -89,6 +89,7 @@ class ResilientExecute(Execute):
             for index, why in skipped.items():
                 run.cells[index].source = SKIPPED_CELL.format(why=why)
             self._running_index, self._output_bytes, self._guard_key, self._flags = None, {}, None, []
+            self._guard_seconds = 0.0
             try:
                 run, resources = super().preprocess(run, resources, km)
                 run.metadata["autograder"] = self._summary(start)
@@ -110,7 +111,11 @@ class ResilientExecute(Execute):
 
     def _summary(self, start: float) -> dict:
         """The notebook's ``metadata.autograder``: its execution time and the guard's flags."""
-        return {"execution_seconds": round(time.monotonic() - start, 2), "flags": self._flags}
+        return {
+            "execution_seconds": round(time.monotonic() - start, 2),
+            "guard_seconds": round(self._guard_seconds, 3),  # installing the guard and checking before each test
+            "flags": self._flags,
+        }
 
     def preprocess_cell(self, cell: NotebookNode, resources: dict, index: int) -> tuple[NotebookNode, dict]:
         """Run a cell (a test cell through the guard), remembering which one runs so a kernel death is pinned on it."""
@@ -137,11 +142,12 @@ class ResilientExecute(Execute):
         call = f"\ninstall({self._guard_key.hex()!r}, {self.guard_plan!r})\n"
         encoded = base64.b64encode((GUARD_SOURCE + call).encode("utf-8")).decode("ascii")
         install = new_code_cell(INSTALL_GUARD.format(source=encoded, filename=kernel_guard.INSTALL_FILENAME))
-        saved = self.nb.cells[index]
+        saved, started = self.nb.cells[index], time.monotonic()
         try:
             self.execute_cell(install, index, store_history=False)
         finally:
             self.nb.cells[index] = saved
+        self._guard_seconds += time.monotonic() - started
         errors = [out for out in install.outputs if out.output_type == "error"]
         if errors:
             raise GuardNotInstalled(f"the grader's guard failed in the kernel: {errors[0].ename}: {errors[0].evalue}")
@@ -166,6 +172,7 @@ class ResilientExecute(Execute):
             _add_error(cell, reason)
             return
         verdict = genuine[0]
+        self._guard_seconds += float(verdict.get("guard_seconds", 0.0))
         self._flags += [{"cell": grade_id, "flag": flag} for flag in verdict["flags"]]
         if not verdict["passed"]:
             _add_error(cell, verdict["reason"] or "the test failed", only_if_none=True)

@@ -31,6 +31,7 @@ import hmac
 import json
 import linecache
 import sys
+import time
 import types
 
 VERDICT_MIME = "application/vnd.posttrain.verdict+json"
@@ -53,8 +54,9 @@ AUDITED_DURING_TESTS = frozenset({"sys.settrace", "sys.setprofile", "sys.addaudi
 class Namespace:
     """What one module or class held when captured: every entry, and each function's code and defaults."""
 
-    def __init__(self, label: str, owner: object, skip: frozenset[str] = frozenset()) -> None:
+    def __init__(self, label: str, owner: object, skip: frozenset[str] = frozenset(), strict: bool = False) -> None:
         self.label, self.owner, self.skip = label, owner, skip
+        self.strict = strict  # every change fails a test (no library patches the course's code or builtins)
         self.is_class = isinstance(owner, type)
         self.entries = {k: v for k, v in vars(owner).items() if k not in skip}
         self.functions = {}
@@ -68,17 +70,25 @@ class Namespace:
                     function.__kwdefaults__,
                 )
 
-    def restore(self) -> list[str]:
-        """Put back every changed entry (and, for a class, remove added ones); return what was changed."""
-        changed = []
+    def restore(self) -> tuple[list[str], list[str]]:
+        """Put back every changed entry (and, for a class, remove added ones). Return the changes that fail a test
+        (to the course's own code or builtins, or to anything with a value defined in the notebook) and those that
+        are only flagged (a library rebinding another library's function, as ``torch._dynamo`` wraps
+        ``torch.manual_seed`` when it is first imported)."""
+        failing, flagged = [], []
         current = vars(self.owner)
         for key, value in self.entries.items():
-            if current.get(key, MISSING) is not value:
-                changed.append(f"{self.label}.{key} was rebound or deleted")
+            new = current.get(key, MISSING)
+            if new is not value:
+                (failing if self.strict or new is MISSING or _from_notebook(new) else flagged).append(
+                    f"{self.label}.{key} was rebound or deleted"
+                )
                 _setattr(self.owner, key, value)
         if self.is_class:
             for key in [k for k in current if k not in self.entries and k not in self.skip]:
-                changed.append(f"{self.label}.{key} was added")
+                (failing if self.strict or _from_notebook(current[key]) else flagged).append(
+                    f"{self.label}.{key} was added"
+                )
                 _delattr(self.owner, key)
         for function, code, defaults, kwdefaults in self.functions.values():
             if (
@@ -86,9 +96,9 @@ class Namespace:
                 or function.__defaults__ is not defaults
                 or (function.__kwdefaults__ is not kwdefaults)
             ):
-                changed.append(f"the code or defaults of {self.label}.{function.__name__} were replaced")
+                failing.append(f"the code or defaults of {self.label}.{function.__name__} were replaced")
                 function.__code__, function.__defaults__, function.__kwdefaults__ = code, defaults, kwdefaults
-        return changed
+        return failing, flagged
 
 
 class Guard:
@@ -103,13 +113,13 @@ class Guard:
         self._classes: dict[int, Namespace] = {}
         self._audited: list[str] = []
         self._testing = False
-        for name in plan["modules"]:
+        for name in plan.get("imports", plan["modules"]):
             try:
                 __import__(name)
             except Exception:  # a module the kernel cannot import is simply not watched
                 pass
         self._watch_new_modules()
-        self._builtins = Namespace("builtins", builtins, KERNEL_REBOUND_BUILTINS)
+        self._builtins = Namespace("builtins", builtins, KERNEL_REBOUND_BUILTINS, strict=True)
         # {name a test cell reads: what the lab's own imports bind to it}
         self._expected = {name: _resolve(*where) for name, where in plan["names"].items()}
         self._shell_state = self._shell_snapshot()
@@ -122,10 +132,11 @@ class Guard:
                 continue
             if name not in self._exact and not any(name.startswith(tree + ".") or name == tree for tree in self._trees):
                 continue
-            self._modules[name] = Namespace(name, module)
+            ours = name.split(".")[0] == "posttrain"
+            self._modules[name] = Namespace(name, module, strict=ours)
             for value in vars(module).values():
                 if isinstance(value, type) and value.__module__ == name and id(value) not in self._classes:
-                    self._classes[id(value)] = Namespace(f"{name}.{value.__name__}", value)
+                    self._classes[id(value)] = Namespace(f"{name}.{value.__name__}", value, strict=ours)
 
     def _shell_snapshot(self) -> dict[str, object]:
         """What decides how a cell's code reaches Python: the shell's and kernel's methods (by identity) and hooks."""
@@ -173,18 +184,20 @@ class Guard:
         if event == "sys.addaudithook" or (self._testing and event in AUDITED_DURING_TESTS):
             self._audited.append(event)
 
-    def _restore(self) -> list[str]:
-        """Put every captured module entry, function, class attribute and builtin back; return what had changed."""
+    def _restore(self) -> tuple[list[str], list[str]]:
+        """Put every captured module entry, function, class attribute and builtin back; return what had changed:
+        (changes that fail a test, changes that are only flagged)."""
         self._watch_new_modules()
-        changed = []
+        failing, flagged = [], []
         for name, namespace in self._modules.items():
             if sys.modules.get(name) is not namespace.owner:
-                changed.append(f"sys.modules[{name!r}] was replaced")
+                failing.append(f"sys.modules[{name!r}] was replaced")
                 sys.modules[name] = namespace.owner
-            changed += namespace.restore()
-        for namespace in self._classes.values():
-            changed += namespace.restore()
-        return changed + self._builtins.restore()
+        for namespace in [*self._modules.values(), *self._classes.values(), self._builtins]:
+            fails, flags = namespace.restore()
+            failing += fails
+            flagged += flags
+        return failing, flagged
 
     def _restore_names(self) -> list[str]:
         """Put back the names a test reads that the lab's imports bound and the notebook rebound."""
@@ -201,9 +214,10 @@ class Guard:
 
     def run_test(self, token: str, encoded: str) -> None:
         """Run one test cell's source as written, with the captured helpers, and publish its signed verdict."""
+        started = _clock()
         source = base64.b64decode(encoded).decode("utf-8")
-        failing = self._restore()
-        flagged = self._take_audited() + self._restore_names() + self._shell_changes()
+        failing, flagged = self._restore()
+        flagged += self._take_audited() + self._restore_names() + self._shell_changes()
         if sys.gettrace() is not None or sys.getprofile() is not None:
             flagged.append("a trace or profile function was active when the test started (removed for the test)")
         filename = f"<test cell {token[:8]}>"
@@ -214,25 +228,31 @@ class Guard:
             _settrace(None)
             _setprofile(None)
             self._testing = True
+            ran = _clock()
             _exec(code, self._shell.user_ns)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt from a test fail it too
             error = exc
         finally:
+            test_seconds = _clock() - ran if self._testing else 0.0
             self._testing = False
             _settrace(None)
             _setprofile(None)
-        failing += [f"{change} while the test ran" for change in self._restore() + self._take_audited()]
+        failing_during, flagged_during = self._restore()
+        failing += [f"{change} while the test ran" for change in failing_during + self._take_audited()]
+        flagged += [f"{change} while the test ran" for change in flagged_during]
         reason = f"the test raised {type(error).__name__}: {error}" if error is not None else ""
         if failing:
             reason = "the grader's helpers were tampered with: " + "; ".join(failing)
-        self._verdict(token, source, error is None and not failing, reason, failing + flagged)
+        guard_seconds = round(_clock() - started - test_seconds, 4)
+        self._verdict(token, source, error is None and not failing, reason, failing + flagged, guard_seconds)
         if error is not None:
             raise error
 
-    def _verdict(self, token: str, source: str, passed: bool, reason: str, flags: list[str]) -> None:
+    def _verdict(self, token: str, source: str, passed: bool, reason: str, flags: list[str], seconds: float) -> None:
         """Publish the verdict as display data of its own MIME type, signed over everything the grader checks."""
         digest = _sha256(source.encode("utf-8")).hexdigest()
         body = {"token": token, "source_sha256": digest, "passed": passed, "reason": reason, "flags": flags}
+        body["guard_seconds"] = seconds  # the guard's own time (restoring and checking), not the test's
         body["mac"] = sign(self._key, body)
         self._publish(data={VERDICT_MIME: body}, metadata={})
 
@@ -268,6 +288,7 @@ def install(key_hex: str, plan_json: str) -> None:
 
 _compile, _exec, _setattr, _delattr = compile, exec, setattr, delattr
 _settrace, _setprofile, _sha256, _hmac_new = sys.settrace, sys.setprofile, hashlib.sha256, hmac.new
+_clock = time.perf_counter
 from IPython.core.inputtransformer2 import TransformerManager  # noqa: E402 - the kernel has IPython
 
 # IPython syntax (magics) in a test cell becomes Python through IPython's default transformers, not the shell's.

@@ -144,11 +144,27 @@ def imported_names(tree: ast.AST) -> dict[str, tuple[str, str | None]]:
     return names
 
 
+def imported_modules(tree: ast.AST) -> set[str]:
+    """Every module an ``import`` in ``tree`` loads, by its full name; ``from m import x`` adds ``m`` and ``m.x``
+    (which is a module when ``x`` is a submodule: importing it is then what the statement does)."""
+    modules = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            modules |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names if alias.name != "*"}
+    return modules
+
+
 def guard_plan(source: nbformat.NotebookNode) -> dict:
-    """What the kernel guard captures for this lab: modules to import and watch, module trees to watch, and
-    ``{name: [module, attribute]}`` for each name a test cell reads that the lab's own imports bind."""
+    """What the kernel guard does for this lab: ``imports``, every module the lab's own cells import (imported
+    before the capture, so that libraries that patch each other on import, as ``torch._dynamo`` rebinds
+    ``torch.manual_seed``, have done so); ``modules`` and ``trees`` to watch (the modules a test cell reads, every
+    ``posttrain`` module, the import machinery); ``names``, ``{name: [module, attribute]}`` for each name a test cell
+    reads that the lab's imports bind."""
     imported: dict[str, tuple[str, str | None]] = {}
     read: set[str] = set()
+    modules: set[str] = set()
     for cell in source.cells:
         if cell.cell_type != "code" or is_solution(cell):
             continue
@@ -156,13 +172,18 @@ def guard_plan(source: nbformat.NotebookNode) -> dict:
         if tree is None:
             continue
         imported.update(imported_names(tree))
+        modules |= imported_modules(tree)
         if is_grade(cell):
             read |= {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
     names = {name: list(where) for name, where in imported.items() if name in read}
-    modules = sorted({module for module, _ in names.values()} | {f"{m}.{a}" for m, a in names.values() if a})
-    own = sorted({m for m, _ in imported.values() if m.split(".")[0] == "posttrain"})
-    trees = sorted({*WATCHED_TREES, *(f"{m.split('.')[0]}.testing" for m in modules)})
-    return {"modules": sorted({*modules, *own, *WATCHED_TREES}), "trees": trees, "names": names}
+    watched = {module for module, _ in names.values()} | {f"{m}.{a}" for m, a in names.values() if a}
+    trees = {*WATCHED_TREES, *(f"{m.split('.')[0]}.testing" for m in watched if not m.startswith("posttrain"))}
+    return {
+        "imports": sorted(modules | set(WATCHED_TREES)),
+        "modules": sorted(watched | set(WATCHED_TREES)),
+        "trees": sorted(trees),
+        "names": names,
+    }
 
 
 def lab_cell_sources(source: nbformat.NotebookNode) -> set[str]:
