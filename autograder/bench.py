@@ -101,8 +101,9 @@ def run_grading_bench(out_dir: Path, work: Path) -> dict:
         "kernel_guard_s": {
             "median": round(statistics.median(guard), 3),
             "max": round(max(guard), 3),
-            "what": "installing the guard (it imports the modules the lab's first cell imports anyway) and its "
-            "check before each test cell, per submission; included in the overhead above",
+            "what": "the guard capturing the kernel's state and checking it around each test cell, per submission, "
+            "as timed in the kernel (the imports it makes first are the lab's first cell's, moved earlier); "
+            "included in the overhead above",
         },
         "class_seconds": {"1_worker": round(serial_seconds, 1), "2_workers": round(parallel_seconds, 1)},
         "speedup_2_workers": round(serial_seconds / parallel_seconds, 2),

@@ -118,12 +118,14 @@ class Guard:
                 __import__(name)
             except Exception:  # a module the kernel cannot import is simply not watched
                 pass
+        captured = _clock()  # importing is the lab's first cell's work done earlier; capturing is the guard's
         self._watch_new_modules()
         self._builtins = Namespace("builtins", builtins, KERNEL_REBOUND_BUILTINS, strict=True)
         # {name a test cell reads: what the lab's own imports bind to it}
         self._expected = {name: _resolve(*where) for name, where in plan["names"].items()}
         self._shell_state = self._shell_snapshot()
         sys.addaudithook(self._audit)
+        self._unreported_seconds = _clock() - captured  # reported with the first verdict
 
     def _watch_new_modules(self) -> None:
         """Capture every loaded watched module not captured yet, with the classes it defines."""
@@ -243,7 +245,8 @@ class Guard:
         reason = f"the test raised {type(error).__name__}: {error}" if error is not None else ""
         if failing:
             reason = "the grader's helpers were tampered with: " + "; ".join(failing)
-        guard_seconds = round(_clock() - started - test_seconds, 4)
+        guard_seconds = round(_clock() - started - test_seconds + self._unreported_seconds, 4)
+        self._unreported_seconds = 0.0
         self._verdict(token, source, error is None and not failing, reason, failing + flagged, guard_seconds)
         if error is not None:
             raise error
