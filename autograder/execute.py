@@ -127,6 +127,7 @@ class ResilientExecute(Execute):
             self._install_guard(index)
         if not is_test_cell(cell):
             return super().preprocess_cell(cell, resources, index)
+        self._check_assign_resources(resources)
         source, token = cell.source, secrets.token_hex(16)
         encoded = base64.b64encode(source.encode("utf-8")).decode("ascii")
         cell.source = RUN_TEST.format(entry=kernel_guard.ENTRY_POINT, token=token, source=encoded)
@@ -201,9 +202,9 @@ def is_test_cell(cell: NotebookNode) -> bool:
 
 
 def _is_verdict(output: NotebookNode) -> bool:
-    return output.get("output_type") in ("display_data", "execute_result") and kernel_guard.VERDICT_MIME in output.get(
-        "data", {}
-    )
+    """Whether an output claims to be a guard verdict (genuine or not)."""
+    is_display = output.get("output_type") in ("display_data", "execute_result")
+    return is_display and kernel_guard.VERDICT_MIME in output.get("data", {})
 
 
 def _add_error(cell: NotebookNode, reason: str, only_if_none: bool = False) -> None:

@@ -114,6 +114,7 @@ class Flag:
     message: str
 
     def as_dict(self) -> dict:
+        """The flag as ``results.jsonl`` and ``flags.csv`` keep it."""
         return {"cell": self.cell, "flag": f"line {self.line}: {self.message}"}
 
 
@@ -228,6 +229,7 @@ class _Screen(ast.NodeVisitor):
         self.found: list[tuple[int, str]] = []
 
     def findings(self, tree: ast.AST) -> list[tuple[int, str]]:
+        """Every ``(line, message)`` found in ``tree``."""
         self.visit(tree)
         return self.found
 
@@ -252,10 +254,10 @@ class _Screen(ast.NodeVisitor):
             self.note(node, f"imports {module}")
 
     def visit_Name(self, node: ast.Name) -> None:
-        if node.id in SENSITIVE_NAMES and node.id != "get_ipython":
-            self.note(node, f"uses {node.id}")
-        elif node.id == "get_ipython":
+        if node.id == "get_ipython":  # reached here only outside an allowed magic's translation
             self.note(node, "reaches the IPython shell (get_ipython)")
+        elif node.id in SENSITIVE_NAMES:
+            self.note(node, f"uses {node.id}")
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         root = _root_name(node)
@@ -276,12 +278,13 @@ class _Screen(ast.NodeVisitor):
                 self.screen_literal(node, arg)
             return  # get_ipython() inside an allowed magic call is IPython's own translation
         if isinstance(node.func, ast.Name) and node.func.id in DYNAMIC_CODE | {"__import__"}:
-            if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
-                self.screen_literal(node, node.args[0]) if node.func.id != "__import__" else self.check_import(
-                    node, node.args[0].value
-                )
-            else:
+            literal = node.args[0] if node.args else None
+            if not (isinstance(literal, ast.Constant) and isinstance(literal.value, str)):
                 self.note(node, f"runs code built at run time ({node.func.id})")
+            elif node.func.id == "__import__":
+                self.check_import(node, literal.value)
+            else:
+                self.screen_literal(node, literal)
         if isinstance(node.func, ast.Name) and node.func.id in ATTRIBUTE_WRITES | {"getattr"} and len(node.args) >= 2:
             target, attribute = node.args[0], node.args[1]
             literal = isinstance(attribute, ast.Constant) and isinstance(attribute.value, str)
@@ -295,6 +298,7 @@ class _Screen(ast.NodeVisitor):
         self.generic_visit(node)
 
     def screen_literal(self, node: ast.AST, literal: ast.expr) -> None:
+        """Screen a string that ``exec`` or a cell magic runs as code, or note that it is not a literal."""
         if not (isinstance(literal, ast.Constant) and isinstance(literal.value, str)):
             self.note(node, "runs code built at run time")
             return
@@ -316,10 +320,8 @@ def _root_name(node: ast.expr) -> str | None:
 
 
 def _dotted(node: ast.expr) -> str:
-    try:
-        return ast.unparse(node)
-    except Exception:  # pragma: no cover - unparse handles every expression ast.parse gives
-        return "an imported object"
+    """The expression as source text (``torch.testing.assert_close``)."""
+    return ast.unparse(node)
 
 
 def _configuration(node: ast.Attribute) -> bool:
