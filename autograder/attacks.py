@@ -229,7 +229,7 @@ KERNEL_ATTACKS = (
         "trace_from_the_answer",
         "{always_equal}\nimport sys\n\n\ndef _skip_failing_lines(frame, event, arg):\n"
         "    if event == 'line' and frame.f_code.co_filename.startswith('<'):\n"
-        "        try:\n            frame.f_lineno = frame.f_lineno + 1\n        except ValueError:\n            pass\n"
+        "        frame.f_lineno = frame.f_lineno + 1  # jump over the line about to run\n"
         "    return _skip_failing_lines\n\n\n_answer = {name}\n\n\ndef {name}(*args, **kwargs):\n"
         "    sys._getframe(1).f_trace = _skip_failing_lines\n    sys.settrace(lambda *args: None)\n"
         "    return _answer(*args, **kwargs)",
