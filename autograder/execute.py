@@ -175,8 +175,8 @@ class ResilientExecute(Execute):
         verdict = genuine[0]
         self._guard_seconds += float(verdict.get("guard_seconds", 0.0))
         self._flags += [{"cell": grade_id, "flag": flag} for flag in verdict["flags"]]
-        if not verdict["passed"]:
-            _add_error(cell, verdict["reason"] or "the test failed", only_if_none=True)
+        if not verdict["passed"]:  # tampering is always named; a test's own error already is
+            _add_error(cell, verdict["reason"] or "the test failed", only_if_none=not verdict["tampered"])
 
     async def _async_handle_timeout(self, timeout: int, cell: NotebookNode | None = None) -> None:
         """Treat a timeout like a kernel death: the cell is skipped and the notebook rerun."""

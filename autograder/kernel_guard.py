@@ -105,7 +105,7 @@ class Guard:
     """The captured state of one kernel, and the one entry point test cells are sent through."""
 
     def __init__(self, key: bytes, plan: dict) -> None:
-        self._key = key
+        self._signer = _hmac_new(key, digestmod="sha256")  # keyed once; the key itself is not kept
         self._exact, self._trees = frozenset(plan["modules"]), tuple(plan["trees"])
         self._shell = get_ipython()  # noqa: F821 - the kernel's builtin
         self._publish = self._shell.display_pub.publish
@@ -247,23 +247,31 @@ class Guard:
             reason = "the grader's helpers were tampered with: " + "; ".join(failing)
         guard_seconds = round(_clock() - started - test_seconds + self._unreported_seconds, 4)
         self._unreported_seconds = 0.0
-        self._verdict(token, source, error is None and not failing, reason, failing + flagged, guard_seconds)
+        outcome = {"passed": error is None and not failing, "tampered": bool(failing), "reason": reason}
+        self._verdict(token, source, outcome, failing + flagged, guard_seconds)
         if error is not None:
             raise error
 
-    def _verdict(self, token: str, source: str, passed: bool, reason: str, flags: list[str], seconds: float) -> None:
-        """Publish the verdict as display data of its own MIME type, signed over everything the grader checks."""
+    def _verdict(self, token: str, source: str, outcome: dict, flags: list[str], seconds: float) -> None:
+        """Publish the verdict (``outcome``: passed, tampered, reason) as display data of its own MIME type, signed
+        over everything the grader checks."""
         digest = _sha256(source.encode("utf-8")).hexdigest()
-        body = {"token": token, "source_sha256": digest, "passed": passed, "reason": reason, "flags": flags}
+        body = {"token": token, "source_sha256": digest, **outcome, "flags": flags}
         body["guard_seconds"] = seconds  # the guard's own time (restoring and checking), not the test's
-        body["mac"] = sign(self._key, body)
+        mac = self._signer.copy()
+        mac.update(_verdict_message(body))
+        body["mac"] = mac.hexdigest()
         self._publish(data={VERDICT_MIME: body}, metadata={})
 
 
 def sign(key: bytes, body: dict) -> str:
     """HMAC-SHA256 of a verdict's fields (all but ``mac``), as the grader recomputes it."""
-    fields = {k: v for k, v in body.items() if k != "mac"}
-    return _hmac_new(key, json.dumps(fields, sort_keys=True).encode("utf-8"), "sha256").hexdigest()
+    return _hmac_new(key, _verdict_message(body), "sha256").hexdigest()
+
+
+def _verdict_message(body: dict) -> bytes:
+    """The bytes a verdict's MAC covers: every field but ``mac``, as canonical JSON."""
+    return json.dumps({k: v for k, v in body.items() if k != "mac"}, sort_keys=True).encode("utf-8")
 
 
 def _resolve(module: str, attribute: str | None) -> object:
@@ -284,7 +292,11 @@ def _from_notebook(hook: object) -> bool:
 def install(key_hex: str, plan_json: str) -> None:
     """Capture the kernel's state, make ``__posttrain_grader__`` the test cells' entry point, forget the key."""
     guard = Guard(bytes.fromhex(key_hex), json.loads(plan_json))
-    setattr(builtins, ENTRY_POINT, guard.run_test)
+
+    def run_test(token: str, encoded: str) -> None:  # the guard is reachable only through this closure
+        guard.run_test(token, encoded)
+
+    setattr(builtins, ENTRY_POINT, run_test)
     for name in [n for n, entry in linecache.cache.items() if any(INSTALL_FILENAME in line for line in entry[2])]:
         del linecache.cache[name]
 

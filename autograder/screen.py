@@ -44,6 +44,8 @@ SENSITIVE_ATTRIBUTES = frozenset(
         "__builtins__",
         "__import__",
         "__subclasses__",
+        "__self__",
+        "cell_contents",
         "__posttrain_grader__",
         "f_locals",
         "f_globals",
