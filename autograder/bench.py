@@ -91,20 +91,19 @@ def run_grading_bench(out_dir: Path, work: Path) -> dict:
     report = {
         "environment": run_environment(),
         "class": f"{CLASS_SIZE} submissions of the mini lab (tests/fixtures/mini_lab), sandboxed",
-        "overhead_per_submission_s": {
-            "median": round(statistics.median(overheads), 2),
-            "max": round(max(overheads), 2),
-            "what": "grading wall time minus the notebook's own execution (kernel start to last cell), plus the "
-            "kernel guard's time inside it; after a one-off ~3 s per worker process to build the lab's assignment "
-            "gradebook",
-        },
-        "kernel_guard_s": {
-            "median": round(statistics.median(guard), 3),
-            "max": round(max(guard), 3),
-            "what": "the guard capturing the kernel's state and checking it around each test cell, per submission, "
-            "as timed in the kernel (the imports it makes first are the lab's first cell's, moved earlier); "
-            "included in the overhead above",
-        },
+        "overhead_per_submission_s": _spread(
+            overheads,
+            2,
+            "grading wall time minus the notebook's own execution (kernel start to last cell), plus the kernel "
+            "guard's time inside it; after a one-off ~3 s per worker process to build the lab's assignment gradebook",
+        ),
+        "kernel_guard_s": _spread(
+            guard,
+            3,
+            "the guard capturing the kernel's state and checking it around each test cell, per submission, as timed "
+            "in the kernel (the imports it makes first are the lab's first cell's, moved earlier); included in the "
+            "overhead above",
+        ),
         "class_seconds": {"1_worker": round(serial_seconds, 1), "2_workers": round(parallel_seconds, 1)},
         "speedup_2_workers": round(serial_seconds / parallel_seconds, 2),
         "estimate_500_students_slurm_gpu": _slurm_estimate(statistics.median(overheads)),
@@ -112,6 +111,11 @@ def run_grading_bench(out_dir: Path, work: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "autograde.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
+
+
+def _spread(values: list[float], digits: int, what: str) -> dict:
+    """The median and maximum of ``values`` (seconds), rounded, with what they measure."""
+    return {"median": round(statistics.median(values), digits), "max": round(max(values), digits), "what": what}
 
 
 def _slurm_estimate(overhead_s: float) -> dict:
