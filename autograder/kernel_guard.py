@@ -113,7 +113,7 @@ class Guard:
         self._classes: dict[int, Namespace] = {}
         self._audited: list[str] = []
         self._testing = False
-        for name in plan.get("imports", plan["modules"]):
+        for name in plan["imports"]:
             try:
                 __import__(name)
             except Exception:  # a module the kernel cannot import is simply not watched

@@ -251,8 +251,7 @@ class _Screen(ast.NodeVisitor):
                     self.note(node, f"imports sys.{alias.name}")
 
     def check_import(self, node: ast.AST, module: str) -> None:
-        ordinary = any(module == m or module.startswith(m + ".") for m in ORDINARY_IMPORTS)
-        if not ordinary and any(module == m or module.startswith(m + ".") for m in SENSITIVE_IMPORTS):
+        if _within(module, SENSITIVE_IMPORTS) and not _within(module, ORDINARY_IMPORTS):
             self.note(node, f"imports {module}")
 
     def visit_Name(self, node: ast.Name) -> None:
@@ -312,6 +311,11 @@ class _Screen(ast.NodeVisitor):
             (getattr(node, "lineno", 0), f"{message} (in a string it runs)")
             for _, message in _Screen(self.imports).findings(inner)
         ]
+
+
+def _within(module: str, packages: tuple[str, ...]) -> bool:
+    """Whether ``module`` is one of ``packages`` or a submodule of one."""
+    return any(module == package or module.startswith(package + ".") for package in packages)
 
 
 def _root_name(node: ast.expr) -> str | None:
